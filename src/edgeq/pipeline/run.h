@@ -1,0 +1,49 @@
+// The main job end to end: Fashion-MNIST -> FashionCNN -> ONNX -> int8 QDQ -> ONNX Runtime ->
+// evaluation, with every artifact written to one output folder.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "edgeq/model/train.h"
+#include "edgeq/quant/qdq_quantizer.h"
+#include "edgeq/runtime/ort_session.h"
+
+namespace edgeq {
+
+inline constexpr const char* kFloatModelFile = "fashion-mnist.onnx";
+inline constexpr const char* kQdqModelFile = "fashion-mnist.qdq.U8S8.onnx";
+inline constexpr const char* kDefaultCheckpoint = "models/fashion-cnn.pt";
+inline constexpr double kReportInt8Accuracy = 0.8883;  // the Ryzen AI tutorial report's figure
+
+// Largest difference between ONNX Runtime's and libtorch's fp32 logits that the export check
+// accepts. Folding BatchNorm into Conv reorders float32 arithmetic, which moves logits of
+// magnitude ~10 by ~1e-5; anything near 1e-3 means a wrong graph, not rounding.
+inline constexpr float kExportLogitTolerance = 1e-3f;
+inline constexpr int64_t kExportCheckImages = 1000;
+
+struct RunOptions {
+    std::filesystem::path data_folder;
+    std::filesystem::path out_folder = "out";
+    std::filesystem::path checkpoint = kDefaultCheckpoint;
+    std::optional<std::filesystem::path> state_dict;  // a Python torch.save(state_dict) file
+    uint64_t seed = 42;
+    int64_t calibration_count = 5000;
+    bool retrain = false;
+    TrainOptions train;
+    QuantizeOptions quantize;
+    SessionConfig session;
+    int64_t eval_batch_size = 1000;
+    int64_t train_subset = 0;  // > 0: train on only this many images (quick checks)
+    int64_t test_subset = 0;   // > 0: evaluate on only the first this many test images
+    std::string command_line;
+};
+
+// Runs every stage and writes the artifacts; returns the contents of metrics.json.
+nlohmann::ordered_json run_pipeline(const RunOptions& options);
+
+}  // namespace edgeq

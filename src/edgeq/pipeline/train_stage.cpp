@@ -1,0 +1,82 @@
+#include "edgeq/pipeline/train_stage.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "edgeq/common/files.h"
+
+namespace edgeq {
+namespace fs = std::filesystem;
+
+PreparedData prepare_data(const fs::path& folder, int64_t calibration_count, uint64_t seed) {
+    FashionMnist mnist = load_fashion_mnist(folder);
+    PreparedData data;
+    data.split = split_train_calibration(mnist.train.size(), calibration_count, seed);
+    data.train = select_images(mnist.train, data.split.train);
+    data.calibration = select_images(mnist.train, data.split.calibration);
+    data.test = std::move(mnist.test);
+    return data;
+}
+
+fs::path checkpoint_metadata_path(const fs::path& checkpoint) {
+    fs::path metadata = checkpoint;
+    metadata.replace_extension(".json");
+    return metadata;
+}
+
+FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
+                          const fs::path& checkpoint, const std::string& command_line) {
+    spdlog::info("training FashionCNN: {} images, {} epochs, batch {}, Adam lr {} (cosine to {}), "
+                 "shift {} px, flip {}, seed {}",
+                 data.train.size(), options.epochs, options.batch_size, options.learning_rate,
+                 options.final_learning_rate, options.max_shift, options.horizontal_flip,
+                 options.seed);
+
+    FashionCnn model;
+    const std::vector<EpochStats> history = train_fashion_cnn(
+        model, data.train, data.calibration, options, [&](const EpochStats& stats) {
+            spdlog::info("epoch {:>2}/{}  lr {:.2e}  loss {:.4f}  train acc {:.4f}  "
+                         "held-out acc {:.4f}  {:.1f} s",
+                         stats.epoch, options.epochs, stats.learning_rate, stats.train_loss,
+                         stats.train_accuracy, stats.held_out_accuracy, stats.seconds);
+        });
+
+    const double test_accuracy = evaluate_accuracy(model, data.test);
+    spdlog::info("trained: test accuracy {:.4f} (libtorch, fp32)", test_accuracy);
+
+    if (!checkpoint.parent_path().empty()) {
+        ensure_writable_folder(checkpoint.parent_path(), "--checkpoint");
+    }
+    save_checkpoint(model, checkpoint);
+
+    nlohmann::ordered_json epochs = nlohmann::ordered_json::array();
+    for (const EpochStats& stats : history) {
+        epochs.push_back({{"epoch", stats.epoch},
+                          {"learning_rate", stats.learning_rate},
+                          {"train_loss", stats.train_loss},
+                          {"train_accuracy", stats.train_accuracy},
+                          {"held_out_accuracy", stats.held_out_accuracy},
+                          {"seconds", stats.seconds}});
+    }
+    const nlohmann::ordered_json metadata = {
+        {"command", command_line},
+        {"seed", options.seed},
+        {"options",
+         {{"epochs", options.epochs},
+          {"batch_size", options.batch_size},
+          {"optimizer", "Adam"},
+          {"learning_rate", options.learning_rate},
+          {"final_learning_rate", options.final_learning_rate},
+          {"schedule", "cosine"},
+          {"max_shift", options.max_shift},
+          {"horizontal_flip", options.horizontal_flip}}},
+        {"data", {{"train", data.train.size()}, {"held_out_calibration", data.calibration.size()}}},
+        {"metrics", {{"test_accuracy_fp32_libtorch", test_accuracy}, {"epochs", epochs}}},
+    };
+    write_file_atomic(checkpoint_metadata_path(checkpoint), metadata.dump(2) + "\n");
+    spdlog::info("checkpoint saved to {} (metadata in {})", checkpoint.string(),
+                 checkpoint_metadata_path(checkpoint).string());
+    return model;
+}
+
+}  // namespace edgeq

@@ -1,0 +1,72 @@
+// Calibration: runs the float model over calibration data and records the range of every tensor
+// the quantizer needs. One data reader feeds every calibration method.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <onnx/onnx_pb.h>
+
+#include "edgeq/data/dataset.h"
+#include "edgeq/runtime/ort_session.h"
+
+namespace edgeq {
+
+// One batch of model input: float values, row-major, and the shape (batch first).
+struct CalibrationBatch {
+    std::vector<float> values;
+    std::vector<int64_t> shape;
+};
+
+// Supplies calibration batches in a fixed order, like ONNX Runtime's CalibrationDataReader.
+class CalibrationDataReader {
+public:
+    virtual ~CalibrationDataReader() = default;
+    // The next batch, or nothing when the data is exhausted.
+    virtual std::optional<CalibrationBatch> next() = 0;
+    // Starts again from the first batch.
+    virtual void rewind() = 0;
+    // Number of samples (images) over all batches.
+    virtual int64_t sample_count() const = 0;
+};
+
+// Batches of Fashion-MNIST images [n, 1, 28, 28] in [0, 1], in index order. The last batch is
+// kept even when it is short, so every image counts whatever the batch size.
+class LabelledImagesReader : public CalibrationDataReader {
+public:
+    LabelledImagesReader(const LabelledImages& images, int64_t batch_size);
+    std::optional<CalibrationBatch> next() override;
+    void rewind() override { position_ = 0; }
+    int64_t sample_count() const override { return images_.size(); }
+
+private:
+    const LabelledImages& images_;
+    int64_t batch_size_;
+    int64_t position_ = 0;
+};
+
+enum class CalibrationMethod { kMinMax };
+
+CalibrationMethod parse_calibration_method(const std::string& name);
+std::string calibration_method_name(CalibrationMethod method);
+
+// Observed range of one tensor over the calibration data.
+struct TensorRange {
+    float min = 0;
+    float max = 0;
+    int64_t element_count = 0;  // values seen; 0 = the tensor was never produced
+};
+
+// Runs `model` in ONNX Runtime over all batches of `reader` with `tensor_names` added as graph
+// outputs, and returns each tensor's min and max. Memory does not grow with the number of
+// batches. `on_batch(samples_done, samples_total)` reports progress when set.
+std::map<std::string, TensorRange> collect_tensor_ranges(
+    const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
+    CalibrationDataReader& reader, const SessionConfig& session,
+    const std::function<void(int64_t, int64_t)>& on_batch = {});
+
+}  // namespace edgeq

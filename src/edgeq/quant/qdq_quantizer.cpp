@@ -1,0 +1,424 @@
+#include "edgeq/quant/qdq_quantizer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "edgeq/common/error.h"
+#include "edgeq/onnx/model_io.h"
+
+namespace edgeq {
+
+namespace {
+
+// Operators the quantizer places Q/DQ pairs around. Anything else is rejected by name.
+const std::set<std::string> kSupportedOps = {"Conv",    "Gemm",    "MatMul",      "Relu",
+                                             "MaxPool", "Reshape", "Flatten",     "Add",
+                                             "AveragePool", "GlobalAveragePool"};
+
+// Operators whose float output feeds a following Relu directly on the NPU (no Q/DQ between).
+const std::set<std::string> kFusesWithRelu = {"Conv", "Gemm", "MatMul", "Add"};
+
+// Operators that only select or move values: the output keeps the input's quantization.
+const std::set<std::string> kSharesInputScale = {"MaxPool", "Reshape", "Flatten"};
+
+// Operators with a weight (input 1) and an optional bias (input 2) to quantize.
+const std::set<std::string> kHasWeights = {"Conv", "Gemm", "MatMul"};
+
+// Activation position used when calibration saw only zeros: any scale represents zero exactly.
+constexpr int kFallbackActivationPosition = 7;
+
+constexpr int kActivationZeroPoint = 128;
+
+std::string quantized_name(const std::string& tensor) { return tensor + "_quantized"; }
+std::string scale_name(const std::string& tensor) { return tensor + "_scale"; }
+std::string zero_point_name(const std::string& tensor) { return tensor + "_zero_point"; }
+
+// The float model's graph, indexed for the rewrite.
+struct GraphIndex {
+    std::map<std::string, const onnx::TensorProto*> initializers;
+    std::map<std::string, int> producer;                // tensor -> node index
+    std::map<std::string, std::vector<int>> consumers;  // tensor -> node indices
+    std::set<std::string> graph_outputs;
+};
+
+GraphIndex index_graph(const onnx::GraphProto& graph) {
+    GraphIndex index;
+    for (const onnx::TensorProto& initializer : graph.initializer()) {
+        index.initializers[initializer.name()] = &initializer;
+    }
+    for (int n = 0; n < graph.node_size(); ++n) {
+        for (const std::string& output : graph.node(n).output()) {
+            index.producer[output] = n;
+        }
+        for (const std::string& input : graph.node(n).input()) {
+            if (!input.empty()) {
+                index.consumers[input].push_back(n);
+            }
+        }
+    }
+    for (const onnx::ValueInfoProto& output : graph.output()) {
+        index.graph_outputs.insert(output.name());
+    }
+    return index;
+}
+
+// True when `tensor`, the output of `node`, goes only into a Relu, so the Q/DQ pair belongs
+// after the Relu instead.
+bool fuses_into_relu(const onnx::GraphProto& graph, const GraphIndex& index,
+                     const onnx::NodeProto& node, const std::string& tensor) {
+    if (!kFusesWithRelu.contains(node.op_type()) || index.graph_outputs.contains(tensor)) {
+        return false;
+    }
+    const auto found = index.consumers.find(tensor);
+    return found != index.consumers.end() && found->second.size() == 1 &&
+           graph.node(found->second.front()).op_type() == "Relu";
+}
+
+onnx::TensorProto make_integer_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                      const std::vector<int64_t>& values, QuantType type) {
+    onnx::TensorProto tensor;
+    tensor.set_name(name);
+    for (const int64_t size : shape) {
+        tensor.add_dims(size);
+    }
+    std::string raw;
+    switch (type) {
+        case QuantType::kUint8:
+            tensor.set_data_type(onnx::TensorProto::UINT8);
+            for (const int64_t value : values) {
+                raw.push_back(static_cast<char>(static_cast<uint8_t>(value)));
+            }
+            break;
+        case QuantType::kInt8:
+            tensor.set_data_type(onnx::TensorProto::INT8);
+            for (const int64_t value : values) {
+                raw.push_back(static_cast<char>(static_cast<int8_t>(value)));
+            }
+            break;
+        case QuantType::kInt32:
+            tensor.set_data_type(onnx::TensorProto::INT32);
+            for (const int64_t value : values) {
+                const auto value32 = static_cast<int32_t>(value);
+                raw.append(reinterpret_cast<const char*>(&value32), sizeof(value32));
+            }
+            break;
+    }
+    tensor.set_raw_data(raw);
+    return tensor;
+}
+
+// Adds the scale and zero-point initializers of `tensor` (scalars: per-tensor quantization).
+void add_quant_param_initializers(onnx::GraphProto& graph, const std::string& tensor,
+                                  const QuantParams& params) {
+    *graph.add_initializer() = make_float_tensor(scale_name(tensor), {}, {params.scale()});
+    *graph.add_initializer() =
+        make_integer_tensor(zero_point_name(tensor), {}, {params.zero_point}, params.type);
+}
+
+onnx::NodeProto make_qdq_node(const std::string& op_type, const std::string& tensor,
+                              const std::string& input, const std::string& output) {
+    onnx::NodeProto node;
+    node.set_op_type(op_type);
+    node.set_name(tensor + "_" + op_type);
+    node.add_input(input);
+    node.add_input(scale_name(tensor));
+    node.add_input(zero_point_name(tensor));
+    node.add_output(output);
+    return node;
+}
+
+std::pair<float, float> value_range(const std::vector<float>& values) {
+    if (values.empty()) {
+        return {0.0f, 0.0f};
+    }
+    const auto [low, high] = std::minmax_element(values.begin(), values.end());
+    return {*low, *high};
+}
+
+// Quantizes `values` with `params` into an initializer named `<tensor>_quantized`.
+onnx::TensorProto quantize_initializer(const onnx::TensorProto& source,
+                                       const std::vector<float>& values,
+                                       const QuantParams& params) {
+    std::vector<int64_t> quantized(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+        quantized[i] = quantize_value(values[i], params);
+    }
+    std::vector<int64_t> shape(source.dims().begin(), source.dims().end());
+    return make_integer_tensor(quantized_name(source.name()), shape, quantized, params.type);
+}
+
+// Everything decided before the graph is rewritten.
+struct QuantizationPlan {
+    std::vector<std::string> activations;         // tensors that get a Q/DQ pair, in graph order
+    std::map<std::string, QuantParams> params;    // activations, weights and biases
+    std::map<std::string, std::vector<float>> initializer_values;  // weights and biases
+};
+
+// Lists the activations that get a Q/DQ pair: float graph inputs, then node outputs in order.
+std::vector<std::string> list_activations(const onnx::GraphProto& graph, const GraphIndex& index) {
+    std::vector<std::string> activations;
+    for (const onnx::ValueInfoProto& input : graph.input()) {
+        if (!index.initializers.contains(input.name()) &&
+            input.type().tensor_type().elem_type() == onnx::TensorProto::FLOAT) {
+            activations.push_back(input.name());
+        }
+    }
+    for (const onnx::NodeProto& node : graph.node()) {
+        // Only the first output carries data; MaxPool's optional second output holds indices.
+        const std::string& output = node.output(0);
+        const bool used = index.consumers.contains(output) || index.graph_outputs.contains(output);
+        if (used && !fuses_into_relu(graph, index, node, output)) {
+            activations.push_back(output);
+        }
+    }
+    return activations;
+}
+
+void check_supported(const onnx::GraphProto& graph) {
+    for (const onnx::NodeProto& node : graph.node()) {
+        if (!kSupportedOps.contains(node.op_type())) {
+            fail(ExitCode::kUnsupported,
+                 "node '{}' has operator {}, which the quantizer does not handle; supported: "
+                 "Conv, Gemm, MatMul, Relu, MaxPool, AveragePool, GlobalAveragePool, Add, "
+                 "Reshape, Flatten",
+                 node.name(), node.op_type());
+        }
+        if (!node.domain().empty() && node.domain() != "ai.onnx") {
+            fail(ExitCode::kUnsupported, "node '{}' is in domain '{}'; only standard ONNX "
+                 "operators can be quantized", node.name(), node.domain());
+        }
+    }
+}
+
+// The tensor whose quantization a layer's output takes: the layer's own output, or the Relu's
+// when the two are fused.
+std::string effective_output(const onnx::GraphProto& graph, const GraphIndex& index,
+                             const onnx::NodeProto& node) {
+    const std::string& output = node.output(0);
+    if (fuses_into_relu(graph, index, node, output)) {
+        return graph.node(index.consumers.at(output).front()).output(0);
+    }
+    return output;
+}
+
+// Chooses the weight and bias quantization of one Conv/Gemm/MatMul node.
+void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
+                  const onnx::NodeProto& node, const QuantizeOptions& options,
+                  QuantizationPlan& plan, std::vector<QuantizedTensor>& report) {
+    if (node.input_size() < 2 || !index.initializers.contains(node.input(1))) {
+        return;  // a MatMul of two activations has no weight
+    }
+    const std::string& weight_name = node.input(1);
+    const std::vector<float> weight = read_float_tensor(*index.initializers.at(weight_name));
+    const auto [weight_min, weight_max] = value_range(weight);
+
+    const QuantParams& input_params = plan.params.at(node.input(0));
+    const QuantParams& output_params = plan.params.at(effective_output(graph, index, node));
+
+    QuantParams weight_params{QuantType::kInt8, 0, 0};
+    weight_params.position =
+        non_overflow_position(weight_min, weight_max, QuantType::kInt8, 0, kMaxPosition);
+    std::string weight_note;
+
+    // Keep the output shift p_w + p_in - p_out within the NPU's [0, 16].
+    const int shift_cut = weight_params.position + input_params.position - output_params.position;
+    if (shift_cut > kMaxOutputShift) {
+        weight_params.position = kMaxOutputShift + output_params.position - input_params.position;
+        weight_note = fmt::format("position lowered from {} so the output shift is {}",
+                                  weight_params.position + shift_cut - kMaxOutputShift,
+                                  kMaxOutputShift);
+    } else if (shift_cut < 0) {
+        weight_params.position = output_params.position - input_params.position;
+        weight_note = fmt::format("position raised from {} so the output shift is 0 (may clip)",
+                                  weight_params.position + shift_cut);
+    }
+    plan.params[weight_name] = weight_params;
+    plan.initializer_values[weight_name] = weight;
+    report.push_back({weight_name, "weight", weight_params, weight_min, weight_max, weight_note});
+
+    if (node.input_size() < 3 || node.input(2).empty()) {
+        return;
+    }
+    const std::string& bias_name = node.input(2);
+    if (!index.initializers.contains(bias_name)) {
+        fail(ExitCode::kUnsupported, "node '{}' takes its bias '{}' from another node; the "
+             "quantizer needs a constant bias", node.name(), bias_name);
+    }
+    const std::vector<float> bias = read_float_tensor(*index.initializers.at(bias_name));
+    const auto [bias_min, bias_max] = value_range(bias);
+    const int product_position = weight_params.position + input_params.position;
+
+    QuantParams bias_params;
+    std::string bias_note;
+    if (options.bias == BiasMode::kInt32) {
+        bias_params = {QuantType::kInt32, product_position, 0};
+    } else {
+        bias_params = {QuantType::kInt8, 0, 0};
+        const int natural =
+            non_overflow_position(bias_min, bias_max, QuantType::kInt8, 0, product_position);
+        const int final_shift_cut = product_position - output_params.position;
+        const int lowest = product_position - kMaxBiasShift;
+        const int highest = product_position - std::min(0, final_shift_cut - kMaxOutputShift);
+        bias_params.position = std::clamp(natural, lowest, highest);
+        if (bias_params.position != natural) {
+            bias_note = fmt::format("position {} clamped to {} by the NPU's bias shift range",
+                                    natural, bias_params.position);
+        }
+    }
+    plan.params[bias_name] = bias_params;
+    plan.initializer_values[bias_name] = bias;
+    report.push_back({bias_name, "bias", bias_params, bias_min, bias_max, bias_note});
+}
+
+// Rewrites the graph: Q/DQ pairs after activations, DQ nodes in front of quantized initializers.
+void build_qdq_graph(const onnx::GraphProto& source, const GraphIndex& index,
+                     const QuantizationPlan& plan, onnx::GraphProto& target) {
+    const std::set<std::string> activations(plan.activations.begin(), plan.activations.end());
+
+    // Name read by the consumers of each quantized tensor: its DequantizeLinear output. A graph
+    // output keeps its name on the final DequantizeLinear, and the producer writes "<name>_float".
+    auto dequantized = [&](const std::string& tensor) {
+        return index.graph_outputs.contains(tensor) ? tensor : tensor + "_DequantizeLinear_Output";
+    };
+    auto produced = [&](const std::string& tensor) {
+        return index.graph_outputs.contains(tensor) ? tensor + "_float" : tensor;
+    };
+
+    target.set_name(source.name());
+    *target.mutable_input() = source.input();
+    *target.mutable_output() = source.output();
+    for (const onnx::TensorProto& initializer : source.initializer()) {
+        if (!plan.initializer_values.contains(initializer.name())) {
+            *target.add_initializer() = initializer;
+        }
+    }
+
+    auto add_activation_qdq = [&](const std::string& tensor) {
+        const QuantParams& params = plan.params.at(tensor);
+        add_quant_param_initializers(target, tensor, params);
+        const std::string quantized = tensor + "_QuantizeLinear_Output";
+        *target.add_node() = make_qdq_node("QuantizeLinear", tensor, produced(tensor), quantized);
+        *target.add_node() = make_qdq_node("DequantizeLinear", tensor, quantized, dequantized(tensor));
+    };
+
+    for (const onnx::ValueInfoProto& input : source.input()) {
+        if (activations.contains(input.name())) {
+            add_activation_qdq(input.name());
+        }
+    }
+
+    for (const onnx::NodeProto& node : source.node()) {
+        onnx::NodeProto rewritten = node;
+        for (int i = 0; i < node.input_size(); ++i) {
+            const std::string& input = node.input(i);
+            if (activations.contains(input)) {
+                rewritten.set_input(i, dequantized(input));
+            } else if (plan.initializer_values.contains(input)) {
+                const QuantParams& params = plan.params.at(input);
+                *target.add_initializer() = quantize_initializer(
+                    *index.initializers.at(input), plan.initializer_values.at(input), params);
+                add_quant_param_initializers(target, input, params);
+                const std::string output = input + "_DequantizeLinear_Output";
+                *target.add_node() =
+                    make_qdq_node("DequantizeLinear", input, quantized_name(input), output);
+                rewritten.set_input(i, output);
+            }
+        }
+        const std::string& output = node.output(0);
+        if (activations.contains(output)) {
+            rewritten.set_output(0, produced(output));
+        }
+        *target.add_node() = rewritten;
+        if (activations.contains(output)) {
+            add_activation_qdq(output);
+        }
+    }
+}
+
+}  // namespace
+
+BiasMode parse_bias_mode(const std::string& name) {
+    if (name == "int8") {
+        return BiasMode::kInt8PowerOfTwo;
+    }
+    if (name == "int32") {
+        return BiasMode::kInt32;
+    }
+    fail(ExitCode::kUsage, "unknown bias type '{}'; use int8 or int32", name);
+}
+
+std::string bias_mode_name(BiasMode mode) {
+    return mode == BiasMode::kInt32 ? "int32" : "int8";
+}
+
+QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataReader& reader,
+                         const QuantizeOptions& options, const SessionConfig& session,
+                         const std::function<void(int64_t, int64_t)>& on_calibration_batch) {
+    const onnx::GraphProto& graph = float_model.graph();
+    check_supported(graph);
+    const GraphIndex index = index_graph(graph);
+
+    QdqModel result;
+    QuantizationPlan plan;
+    plan.activations = list_activations(graph, index);
+
+    // Calibrate every activation that gets its own scale.
+    const auto start = std::chrono::steady_clock::now();
+    const std::map<std::string, TensorRange> ranges =
+        collect_tensor_ranges(float_model, plan.activations, reader, session, on_calibration_batch);
+    result.calibration_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    // Activation scales, in graph order so that a shared scale is known before it is copied.
+    for (const std::string& tensor : plan.activations) {
+        const TensorRange& range = ranges.at(tensor);
+        const auto producer = index.producer.find(tensor);
+        if (producer != index.producer.end()) {
+            const onnx::NodeProto& node = graph.node(producer->second);
+            if (kSharesInputScale.contains(node.op_type()) && plan.params.contains(node.input(0))) {
+                plan.params[tensor] = plan.params.at(node.input(0));
+                result.tensors.push_back({tensor, "activation", plan.params[tensor], range.min,
+                                          range.max, "shares the scale of " + node.input(0)});
+                continue;
+            }
+        }
+        QuantParams params{QuantType::kUint8, 0, kActivationZeroPoint};
+        params.position = non_overflow_position(range.min, range.max, QuantType::kUint8,
+                                                kActivationZeroPoint, kFallbackActivationPosition);
+        std::string note;
+        if (range.min == 0.0f && range.max == 0.0f) {
+            note = "all zero during calibration; scale chosen arbitrarily";
+            result.warnings.push_back(fmt::format(
+                "tensor '{}' was zero for every calibration image; it gets scale 2^-{}", tensor,
+                params.position));
+        }
+        plan.params[tensor] = params;
+        result.tensors.push_back({tensor, "activation", params, range.min, range.max, note});
+    }
+
+    // Weight and bias scales need the input and output positions chosen above.
+    for (const onnx::NodeProto& node : graph.node()) {
+        if (kHasWeights.contains(node.op_type())) {
+            if (!plan.params.contains(node.input(0))) {
+                fail(ExitCode::kUnsupported, "node '{}' reads '{}', which is not quantized; the "
+                     "quantizer needs a quantized input for every weighted layer",
+                     node.name(), node.input(0));
+            }
+            plan_weights(graph, index, node, options, plan, result.tensors);
+        }
+    }
+
+    // The rewritten model keeps the float model's metadata and opset.
+    result.model = float_model;
+    result.model.clear_graph();
+    result.model.set_producer_name("edgeq");
+    build_qdq_graph(graph, index, plan, *result.model.mutable_graph());
+    return result;
+}
+
+}  // namespace edgeq

@@ -1,0 +1,71 @@
+#include "support/test_support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+
+namespace edgeq::test {
+namespace fs = std::filesystem;
+
+ScratchFolder::ScratchFolder(const std::string& label) {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() /
+            ("edgeq-test-" + label + "-" + std::to_string(::getpid()) + "-" +
+             std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+}
+
+ScratchFolder::~ScratchFolder() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+}
+
+fs::path fashion_mnist_folder() {
+    if (const char* configured = std::getenv("EDGEQ_DATA")) {
+        return configured;
+    }
+    const fs::path debian = "/usr/share/datasets/fashion-mnist";
+    return fs::exists(debian / "t10k-images-idx3-ubyte.gz") ? debian : fs::path{};
+}
+
+fs::path source_dir() { return EDGEQ_SOURCE_DIR; }
+fs::path cli_path() { return EDGEQ_CLI_PATH; }
+
+namespace {
+
+CommandResult capture(const std::string& shell_command) {
+    CommandResult result;
+    FILE* pipe = ::popen(shell_command.c_str(), "r");
+    if (pipe == nullptr) {
+        return result;
+    }
+    std::array<char, 4096> buffer{};
+    size_t read = 0;
+    while ((read = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+        result.output.append(buffer.data(), read);
+    }
+    const int status = ::pclose(pipe);
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return result;
+}
+
+}  // namespace
+
+CommandResult run_command(const std::string& command) {
+    return capture("{ " + command + "; } 2>&1");
+}
+
+CommandResult run_command_stderr(const std::string& command) {
+    return capture("{ " + command + "; } 2>&1 >/dev/null");
+}
+
+bool python_module_available(const std::string& module) {
+    return run_command("python3 -c 'import " + module + "'").exit_code == 0;
+}
+
+}  // namespace edgeq::test

@@ -1,0 +1,46 @@
+// Helpers shared by the tests: scratch folders, the real data set, and running the CLI.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace edgeq::test {
+
+// A fresh, empty folder under the system temporary folder, removed when the object goes away.
+class ScratchFolder {
+public:
+    explicit ScratchFolder(const std::string& label);
+    ~ScratchFolder();
+    ScratchFolder(const ScratchFolder&) = delete;
+    ScratchFolder& operator=(const ScratchFolder&) = delete;
+
+    const std::filesystem::path& path() const { return path_; }
+    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+    std::filesystem::path path_;
+};
+
+// Folder of the real Fashion-MNIST (EDGEQ_DATA or Debian's dataset-fashion-mnist), or empty
+// when it is not installed.
+std::filesystem::path fashion_mnist_folder();
+
+// The repository root and the edgeq executable under test.
+std::filesystem::path source_dir();
+std::filesystem::path cli_path();
+
+struct CommandResult {
+    int exit_code = -1;
+    std::string output;  // stdout and stderr together
+};
+
+// Runs a shell command and captures its output (stdout and stderr together).
+CommandResult run_command(const std::string& command);
+
+// Runs a shell command, discards its stdout and captures its stderr only.
+CommandResult run_command_stderr(const std::string& command);
+
+// True when `python3 -c "import <module>"` succeeds.
+bool python_module_available(const std::string& module);
+
+}  // namespace edgeq::test
