@@ -184,6 +184,8 @@ int main(int argc, char** argv) {
     });
     bool quiet = false;
     app.add_flag("-q,--quiet", quiet, "print warnings and errors only");
+    bool verbose = false;
+    app.add_flag("-v,--verbose", verbose, "print debug lines, ONNX Runtime's log among them");
     app.footer("Run 'edgeq <command> --help' for a command's options.\n"
                "Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid input, 4 I/O "
                "error, 5 unsupported.");
@@ -273,10 +275,12 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
-        return app.exit(error);
+        // CLI11 prints help (exit 0) or the one-line usage error; its own codes become ours.
+        const int code = app.exit(error);
+        return code == 0 ? 0 : static_cast<int>(ExitCode::kUsage);
     }
 
-    setup_console_logging(quiet);
+    setup_console_logging(quiet, verbose);
 
     try {
         SessionConfig session;

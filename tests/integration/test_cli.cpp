@@ -266,22 +266,24 @@ TEST(CliBadInput, UnwritableOutputFolder) {
 }
 
 TEST(CliBadInput, StateDictWithWrongShape) {
-    if (!test::python_module_available("torch")) {
+    const std::string python = test::python_with_module("torch");
+    if (python.empty()) {
         GTEST_SKIP() << "python3-torch is not installed, so no state_dict fixture can be written";
     }
     ScratchFolder folder("bad-state-dict");
     write_small_dataset(folder / "data", 200, 50);
-    const fs::path state_dict = folder / "wrong.pt";
     const test::CommandResult written = test::run_command(
-        "python3 " + (test::source_dir() / "tests" / "fixtures" / "make_state_dict.py").string() +
-        " --wrong-shape fc2.weight " + state_dict.string());
+        python + " " + (test::source_dir() / "tests" / "fixtures" / "make_state_dict.py").string() +
+        " " + (folder / "fixtures").string());
     ASSERT_EQ(written.exit_code, 0) << written.output;
+    // make_state_dict.py gives fc3.weight the shape [10, 100] instead of [10, 120] in this file.
+    const fs::path state_dict = folder / "fixtures" / "wrong_shape.pth";
 
     const FailedRun run = run_expecting_failure(
         "run --data " + (folder / "data").string() + " --calibration-count 50 --state-dict " +
             state_dict.string() + " --out " + (folder / "out").string(),
         folder / "out");
-    expect_clean_failure(run, 3, {"fc2.weight", state_dict.string()});
+    expect_clean_failure(run, 3, {"fc3.weight", "[10, 100]", state_dict.string()});
 }
 
 TEST(CliBadInput, UnknownExecutionProvider) {

@@ -64,8 +64,13 @@ CommandResult run_command_stderr(const std::string& command) {
     return capture("{ " + command + "; } 2>&1 >/dev/null");
 }
 
-bool python_module_available(const std::string& module) {
-    return run_command("python3 -c 'import " + module + "'").exit_code == 0;
+std::string python_with_module(const std::string& module) {
+    for (const std::string python : {"python3", "/usr/bin/python3"}) {
+        if (run_command(python + " -c 'import " + module + "'").exit_code == 0) {
+            return python;
+        }
+    }
+    return {};
 }
 
 }  // namespace edgeq::test

@@ -40,7 +40,8 @@ CommandResult run_command(const std::string& command);
 // Runs a shell command, discards its stdout and captures its stderr only.
 CommandResult run_command_stderr(const std::string& command);
 
-// True when `python3 -c "import <module>"` succeeds.
-bool python_module_available(const std::string& module);
+// A python3 command that can import `module`: python3 on PATH, else Debian's /usr/bin/python3
+// (which a pyenv or virtualenv python3 earlier on PATH hides), else empty.
+std::string python_with_module(const std::string& module);
 
 }  // namespace edgeq::test

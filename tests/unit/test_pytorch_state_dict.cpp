@@ -88,24 +88,11 @@ void expect_matches(const StateDict& weights, const nlohmann::json& expected) {
 // ------------------------------------------------------------------------------------------------
 // Files written by Python's torch.save
 
-// An interpreter with torch: python3 on PATH, else Debian's /usr/bin/python3, which a pyenv or
-// virtualenv python3 earlier on PATH hides.
-std::string find_python_with_torch() {
-    if (test::python_module_available("torch")) {
-        return "python3";
-    }
-    if (fs::exists("/usr/bin/python3") &&
-        test::run_command("/usr/bin/python3 -c 'import torch'").exit_code == 0) {
-        return "/usr/bin/python3";
-    }
-    return {};
-}
-
 // Runs make_state_dict.py once for every test of the suite.
 class PytorchStateDict : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
-        python_ = find_python_with_torch();
+        python_ = test::python_with_module("torch");
         if (python_.empty()) {
             return;
         }
@@ -472,6 +459,31 @@ TEST(PytorchStateDictArchive, CorruptBytesNeverCrash) {
     }
 }
 
+TEST(PytorchStateDictArchive, FolderEntryRejected) {
+    // Sets the MS-DOS folder attribute (0x10) in the external attributes of data.pkl's central
+    // directory header (signature PK\1\2, attributes at byte 38, file name at byte 46). libtorch
+    // 1.13 then returns the record without reading it, so its bytes are uninitialised.
+    ScratchFolder folder("state-dict-folder-entry");
+    const fs::path path = folder / "folder.pth";
+    write_archive(path, state_dict_pickle({}));
+    std::string archive = read_bytes(path);
+
+    const std::string name = "folder/data.pkl";
+    size_t header = archive.find("PK\x01\x02");
+    while (header != std::string::npos && archive.compare(header + 46, name.size(), name) != 0) {
+        header = archive.find("PK\x01\x02", header + 1);
+    }
+    ASSERT_NE(header, std::string::npos);
+    archive[header + 38] = static_cast<char>(archive[header + 38] | 0x10);
+    write_bytes(path, archive);
+
+    const Failure failure = read_failure(path);
+    EXPECT_EQ(failure.code, ExitCode::kInvalidInput);
+    EXPECT_NE(failure.message.find("reading record 'data.pkl'"), std::string::npos)
+        << failure.message;
+    EXPECT_NE(failure.message.find("marked as a folder"), std::string::npos) << failure.message;
+}
+
 TEST(PytorchStateDictArchive, ForbiddenGlobalsRejected) {
     ScratchFolder folder("state-dict-global");
     const fs::path path = folder / "global.pth";
@@ -503,6 +515,23 @@ TEST(PytorchStateDictArchive, ForbiddenGlobalsRejected) {
         EXPECT_NE(failure.message.find(qualified), std::string::npos) << failure.message;
         EXPECT_FALSE(fs::exists(marker)) << qualified;
     }
+}
+
+TEST(PytorchStateDictArchive, ControlCharactersReplaced) {
+    // Keys and global names come from the file, so a line break in one must not split the message.
+    ScratchFolder folder("state-dict-control");
+    const fs::path path = folder / "control.pth";
+
+    write_archive(
+        path, PickleBuilder().proto(2).op('}').unicode("bad\nkey").op('N').op('s').op('.').bytes());
+    const Failure key_failure = read_failure(path);
+    EXPECT_NE(key_failure.message.find("key 'bad?key' is a None"), std::string::npos)
+        << key_failure.message;
+
+    write_archive(path, PickleBuilder().proto(4).stack_global("os\r\n", "system").op('.').bytes());
+    const Failure global_failure = read_failure(path);
+    EXPECT_NE(global_failure.message.find("'os??.system'"), std::string::npos)
+        << global_failure.message;
 }
 
 TEST(PytorchStateDictArchive, UnknownOpcodeRejected) {

@@ -29,10 +29,12 @@ protected:
 
 }  // namespace
 
-void setup_console_logging(bool quiet) {
+void setup_console_logging(bool quiet, bool verbose) {
     auto logger = std::make_shared<spdlog::logger>("edgeq", std::make_shared<SplitConsoleSink>());
     logger->set_pattern("%v");
-    logger->set_level(quiet ? spdlog::level::warn : spdlog::level::info);
+    logger->set_level(quiet     ? spdlog::level::warn
+                      : verbose ? spdlog::level::debug
+                                : spdlog::level::info);
     spdlog::set_default_logger(logger);
 }
 

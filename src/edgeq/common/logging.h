@@ -4,7 +4,8 @@
 
 namespace edgeq {
 
-// Installs the console logger as spdlog's default. `quiet` keeps warnings and errors only.
-void setup_console_logging(bool quiet);
+// Installs the console logger as spdlog's default. `quiet` keeps warnings and errors only;
+// `verbose` adds debug lines (ONNX Runtime's own log among them). `quiet` wins over `verbose`.
+void setup_console_logging(bool quiet, bool verbose = false);
 
 }  // namespace edgeq

@@ -19,9 +19,10 @@
 //   EMPTY_DICT '_metadata' <OrderedDict of per-module {'version': n}> SETITEM, BUILD, STOP
 // Protocols 4 and 5 add FRAME, SHORT_BINUNICODE, STACK_GLOBAL and MEMOIZE.
 //
-// The machine runs only those opcodes. GLOBAL and STACK_GLOBAL resolve names against a fixed
-// table of tensor-rebuilding functions and storage types, and REDUCE interprets those few in C++,
-// so nothing in the file is ever executed.
+// The machine runs only these opcodes, plus the forms Python picks for other values of the same
+// kind: BININT, BININT2 and LONG1 integers, TUPLE1 to TUPLE3, NONE and NEWTRUE. GLOBAL and
+// STACK_GLOBAL resolve names against a fixed table of tensor-rebuilding functions and storage
+// types, and REDUCE interprets those few in C++, so nothing in the file is ever executed.
 #include "edgeq/model/pytorch_state_dict.h"
 
 #include <algorithm>
@@ -33,12 +34,14 @@
 #include <map>
 #include <memory>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 #include <variant>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
+#include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include "edgeq/common/error.h"
@@ -411,7 +414,7 @@ std::string_view PickleMachine::read_line() {
 
 Value PickleMachine::pop() {
     if (stack_.empty() || (!marks_.empty() && stack_.size() == marks_.back())) {
-        fail_invalid("an opcode pops more values than the stack holds");
+        fail_invalid("an opcode pops more values than the stack contains");
     }
     Value value = stack_.back();
     stack_.pop_back();
@@ -842,50 +845,104 @@ void check_zip_signature(const fs::path& path) {
          path.string(), kResaveHint);
 }
 
-std::unique_ptr<PyTorchStreamReader> open_archive(const fs::path& path) {
-    try {
-        return std::make_unique<PyTorchStreamReader>(path.string());
-    } catch (const c10::Error& error) {
-        fail(ExitCode::kInvalidInput,
-             "'{}' is not a readable torch.save zip archive ({}). The file is truncated or "
-             "corrupt. {}",
-             path.string(), first_line(error.what_without_backtrace()), kResaveHint);
-    }
-}
+// Serves the file to PyTorchStreamReader and counts its reads. libtorch 1.13's zip code (miniz)
+// returns a record as read, without reading the file or writing the buffer, when a corrupt central
+// directory marks the entry as a folder or gives it a compressed size of 0. Archive::read_record
+// detects that case because the read count stays the same.
+class CountingFileAdapter final : public caffe2::serialize::ReadAdapterInterface {
+  public:
+    explicit CountingFileAdapter(const std::string& path) : file_(path) {}
 
-Record read_record(PyTorchStreamReader& reader, const std::string& name, const fs::path& path) {
-    if (!reader.hasRecord(name)) {
-        fail(ExitCode::kInvalidInput,
-             "'{}' has no record '{}', so it is not a complete torch.save archive. {}",
-             path.string(), name, kResaveHint);
+    size_t size() const override { return file_.size(); }
+
+    size_t read(uint64_t position, void* buffer, size_t count, const char* what) const override {
+        ++read_count_;
+        return file_.read(position, buffer, count, what);
     }
-    try {
-        auto [data, size] = reader.getRecord(name);
-        return Record{std::move(data), size};
-    } catch (const c10::Error& error) {
+
+    size_t read_count() const { return read_count_; }
+
+  private:
+    caffe2::serialize::FileAdapter file_;
+    mutable size_t read_count_ = 0;
+};
+
+// A torch.save zip archive, read with libtorch's PyTorchStreamReader. Every c10::Error it throws
+// is turned into a one-line edgeq::Error that names the file.
+class Archive {
+  public:
+    explicit Archive(const fs::path& path) : path_(path) {
+        try {
+            adapter_ = std::make_shared<CountingFileAdapter>(path.string());
+            reader_ = std::make_unique<PyTorchStreamReader>(adapter_);
+        } catch (const c10::Error& error) {
+            fail(ExitCode::kInvalidInput,
+                 "'{}' is not a readable torch.save zip archive ({}). The file is truncated or "
+                 "corrupt. {}",
+                 path.string(), first_line(error.what_without_backtrace()), kResaveHint);
+        }
+    }
+
+    bool has_record(const std::string& name) {
+        try {
+            return reader_->hasRecord(name);
+        } catch (const c10::Error& error) {
+            fail_record(name, error);
+        }
+    }
+
+    Record read_record(const std::string& name) {
+        if (!has_record(name)) {
+            fail(ExitCode::kInvalidInput,
+                 "'{}' has no record '{}', so it is not a complete torch.save archive. {}",
+                 path_.string(), name, kResaveHint);
+        }
+
+        Record record;
+        const size_t reads_before = adapter_->read_count();
+        try {
+            std::tie(record.data, record.size) = reader_->getRecord(name);
+        } catch (const c10::Error& error) {
+            fail_record(name, error);
+        }
+        if (record.size > 0 && adapter_->read_count() == reads_before) {
+            fail(ExitCode::kInvalidInput,
+                 "reading record '{}' of '{}' failed (its zip entry is marked as a folder or has "
+                 "no data). The file is corrupt. {}",
+                 name, path_.string(), kResaveHint);
+        }
+        return record;
+    }
+
+  private:
+    [[noreturn]] void fail_record(const std::string& name, const c10::Error& error) const {
         fail(ExitCode::kInvalidInput,
              "reading record '{}' of '{}' failed ({}). The file is truncated or corrupt. {}", name,
-             path.string(), first_line(error.what_without_backtrace()), kResaveHint);
+             path_.string(), first_line(error.what_without_backtrace()), kResaveHint);
     }
-}
+
+    fs::path path_;
+    std::shared_ptr<CountingFileAdapter> adapter_;
+    std::unique_ptr<PyTorchStreamReader> reader_;
+};
 
 // TorchScript archives (torch.jit.save, and libtorch's torch::save that edgeq checkpoints use)
 // are zip archives too, with a data.pkl that references TorchScript classes.
-void reject_torchscript(PyTorchStreamReader& reader, const fs::path& path) {
-    if (reader.hasRecord("constants.pkl")) {
+void reject_torchscript(Archive& archive, const fs::path& path) {
+    if (archive.has_record("constants.pkl")) {
         fail(ExitCode::kInvalidInput,
              "'{}' is a TorchScript archive (from torch.jit.save or libtorch's torch::save, as "
              "edgeq checkpoints are), not a state_dict from Python's torch.save. Load it as an "
-             "edgeq checkpoint, or {}",
-             path.string(), kResaveHint);
+             "edgeq checkpoint instead, or save model.state_dict() with torch.save in Python",
+             path.string());
     }
 }
 
 // Returns whether storage bytes need swapping on this host, from the optional byteorder record.
-bool storage_needs_byte_swap(PyTorchStreamReader& reader, const fs::path& path) {
+bool storage_needs_byte_swap(Archive& archive, const fs::path& path) {
     std::endian file_order = std::endian::little;
-    if (reader.hasRecord("byteorder")) {
-        const Record record = read_record(reader, "byteorder", path);
+    if (archive.has_record("byteorder")) {
+        const Record record = archive.read_record("byteorder");
         if (record.bytes() == "big") {
             file_order = std::endian::big;
         } else if (record.bytes() != "little") {
@@ -903,14 +960,13 @@ bool storage_needs_byte_swap(PyTorchStreamReader& reader, const fs::path& path) 
 // Reads each storage record once, however many tensors view it.
 class StorageRecords {
   public:
-    StorageRecords(PyTorchStreamReader& reader, const fs::path& path)
-        : reader_(reader), path_(path) {}
+    StorageRecords(Archive& archive, const fs::path& path) : archive_(archive), path_(path) {}
 
     // Returns the bytes of `storage`, checked to hold its declared element count.
     std::string_view bytes_of(const Storage& storage, const std::string& tensor_key) {
         auto found = records_.find(storage.key);
         if (found == records_.end()) {
-            Record record = read_record(reader_, "data/" + storage.key, path_);
+            Record record = archive_.read_record("data/" + storage.key);
             found = records_.emplace(storage.key, std::move(record)).first;
         }
 
@@ -928,7 +984,7 @@ class StorageRecords {
     }
 
   private:
-    PyTorchStreamReader& reader_;
+    Archive& archive_;
     const fs::path& path_;
     std::map<std::string, Record> records_;
 };
@@ -1064,9 +1120,9 @@ StateDict to_state_dict(const Value& top, StorageRecords& records, bool swap_byt
     return weights;
 }
 
-}  // namespace
-
-StateDict read_pytorch_state_dict(const fs::path& path) {
+// Reads `path` as read_pytorch_state_dict does, but with messages that may contain control
+// characters from the file.
+StateDict read_state_dict_file(const fs::path& path) {
     std::error_code status_error;
     const fs::file_status status = fs::status(path, status_error);
     if (!fs::exists(status)) {
@@ -1078,16 +1134,39 @@ StateDict read_pytorch_state_dict(const fs::path& path) {
     }
 
     check_zip_signature(path);
-    const std::unique_ptr<PyTorchStreamReader> reader = open_archive(path);
-    reject_torchscript(*reader, path);
-    const bool swap_bytes = storage_needs_byte_swap(*reader, path);
+    Archive archive(path);
+    reject_torchscript(archive, path);
+    const bool swap_bytes = storage_needs_byte_swap(archive, path);
 
-    const Record pickle = read_record(*reader, "data.pkl", path);
+    const Record pickle = archive.read_record("data.pkl");
     PickleMachine machine(pickle.bytes(), path.string());
     const Value top = machine.run();
 
-    StorageRecords records(*reader, path);
+    StorageRecords records(archive, path);
     return to_state_dict(top, records, swap_bytes, path);
+}
+
+// Replaces control characters with '?'. Keys, global names and libtorch's messages come from the
+// file and may contain any byte, including line breaks.
+std::string replace_control_characters(std::string text) {
+    std::replace_if(
+        text.begin(), text.end(),
+        [](char character) {
+            const auto code = static_cast<unsigned char>(character);
+            return code < 0x20 || code == 0x7f;
+        },
+        '?');
+    return text;
+}
+
+}  // namespace
+
+StateDict read_pytorch_state_dict(const fs::path& path) {
+    try {
+        return read_state_dict_file(path);
+    } catch (const Error& error) {
+        throw Error(error.code(), replace_control_characters(error.what()));
+    }
 }
 
 }  // namespace edgeq

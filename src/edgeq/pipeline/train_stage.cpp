@@ -26,6 +26,10 @@ fs::path checkpoint_metadata_path(const fs::path& checkpoint) {
 
 FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
                           const fs::path& checkpoint, const std::string& command_line) {
+    // Check the destination before spending minutes on training.
+    if (!checkpoint.parent_path().empty()) {
+        ensure_writable_folder(checkpoint.parent_path(), "--checkpoint");
+    }
     spdlog::info("training FashionCNN: {} images, {} epochs, batch {}, Adam lr {} (cosine to {}), "
                  "shift {} px, flip {}, seed {}",
                  data.train.size(), options.epochs, options.batch_size, options.learning_rate,
@@ -44,9 +48,6 @@ FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
     const double test_accuracy = evaluate_accuracy(model, data.test);
     spdlog::info("trained: test accuracy {:.4f} (libtorch, fp32)", test_accuracy);
 
-    if (!checkpoint.parent_path().empty()) {
-        ensure_writable_folder(checkpoint.parent_path(), "--checkpoint");
-    }
     save_checkpoint(model, checkpoint);
 
     nlohmann::ordered_json epochs = nlohmann::ordered_json::array();

@@ -169,7 +169,7 @@ std::vector<std::string> list_activations(const onnx::GraphProto& graph, const G
         }
     }
     for (const onnx::NodeProto& node : graph.node()) {
-        // Only the first output carries data; MaxPool's optional second output holds indices.
+        // Only the first output carries data; MaxPool's optional second output contains indices.
         const std::string& output = node.output(0);
         const bool used = index.consumers.contains(output) || index.graph_outputs.contains(output);
         if (used && !fuses_into_relu(graph, index, node, output)) {

@@ -7,9 +7,9 @@
 //   W (int8)        -> DQ ---+--> Conv -> Relu -> Q -> DQ -> MaxPool -> Q -> DQ -> ...
 //   b (int8)        -> DQ ---+
 //
-// Every float activation gets a Q/DQ pair (uint8, zero point 128, scale 2^-p) except the output
-// of a Conv, Gemm, MatMul or Add whose only consumer is a Relu: the NPU fuses the two, so the
-// pair goes after the Relu. Weights are int8 initializers read through a DequantizeLinear, and
+// Every float activation gets a Q/DQ pair (uint8, zero point 128, scale 2^-p). The exception is
+// the output of a Conv, Gemm, MatMul or Add whose only consumer is a Relu: the NPU fuses the two,
+// so the pair goes after the Relu. Weights are int8 initializers read through a DequantizeLinear, and
 // so are biases (int8 with their own power-of-two scale, or int32 with s_input * s_weight).
 // MaxPool, Reshape and Flatten only move values, so their outputs share their input's scale.
 #pragma once
@@ -39,7 +39,7 @@ struct QuantizeOptions {
     int64_t calibration_batch_size = 100;  // does not change the result, only speed and memory
 };
 
-// How one tensor of the float model was quantized.
+// The quantization chosen for one tensor of the float model.
 struct QuantizedTensor {
     std::string name;  // the tensor's name in the float model
     std::string role;  // "activation", "weight" or "bias"

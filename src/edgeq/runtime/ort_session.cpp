@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <spdlog/spdlog.h>
+
 #include "edgeq/common/error.h"
 
 namespace edgeq {
@@ -9,9 +11,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// ONNX Runtime's own log lines go to edgeq's logger at debug level (shown with --verbose):
+// every failure that matters reaches the user as an edgeq error that quotes ONNX Runtime's
+// message, so printing the raw log as well would break the one-line error rule.
+void forward_onnxruntime_log(void* /*param*/, OrtLoggingLevel /*severity*/,
+                             const char* /*category*/, const char* /*logid*/,
+                             const char* code_location, const char* message) {
+    spdlog::debug("onnxruntime: {} ({})", message, code_location);
+}
+
 // One ONNX Runtime environment per process, as the API recommends.
 Ort::Env& ort_environment() {
-    static Ort::Env environment(ORT_LOGGING_LEVEL_WARNING, "edgeq");
+    static Ort::Env environment(ORT_LOGGING_LEVEL_WARNING, "edgeq", forward_onnxruntime_log,
+                                nullptr);
     return environment;
 }
 
@@ -23,6 +35,9 @@ std::string one_line(std::string text) {
 // Fills session options for `config`; returns the provider's ONNX Runtime name.
 std::string configure(Ort::SessionOptions& options, const SessionConfig& config,
                       const std::string& label) {
+    // ONNX Runtime's default logger lives in the environment; appending a provider before the
+    // environment exists fails with a logger error instead of the provider's own message.
+    ort_environment();
     if (config.intra_op_threads > 0) {
         options.SetIntraOpNumThreads(config.intra_op_threads);
     }
