@@ -1,23 +1,24 @@
 # Locates ONNX Runtime's C/C++ API and defines the imported target onnxruntime::onnxruntime.
 #
-# Search order: ONNXRUNTIME_ROOT (environment or cache variable), then the bundle that
-# scripts/setup.sh assembles in third_party/onnxruntime, then the system paths.
+# Search order, the same as scripts/setup.sh: ONNXRUNTIME_ROOT (environment or cache variable),
+# then the system paths, then the bundle that scripts/setup.sh assembles in
+# third_party/onnxruntime.
 
 set(ONNXRUNTIME_ROOT "$ENV{ONNXRUNTIME_ROOT}" CACHE PATH "ONNX Runtime install prefix (include/ and lib/)")
+set(_ort_bundle "${CMAKE_SOURCE_DIR}/third_party/onnxruntime")
 
-set(_ort_hints "")
 if(ONNXRUNTIME_ROOT)
-  list(APPEND _ort_hints "${ONNXRUNTIME_ROOT}")
+  find_path(ONNXRUNTIME_INCLUDE_DIR onnxruntime_cxx_api.h
+    PATHS "${ONNXRUNTIME_ROOT}" PATH_SUFFIXES include include/onnxruntime NO_DEFAULT_PATH)
+  find_library(ONNXRUNTIME_LIBRARY NAMES onnxruntime libonnxruntime.so.1
+    PATHS "${ONNXRUNTIME_ROOT}" PATH_SUFFIXES lib lib64 NO_DEFAULT_PATH)
+else()
+  find_path(ONNXRUNTIME_INCLUDE_DIR onnxruntime_cxx_api.h
+    PATH_SUFFIXES onnxruntime
+    PATHS "${_ort_bundle}/include")
+  find_library(ONNXRUNTIME_LIBRARY NAMES onnxruntime libonnxruntime.so.1
+    PATHS "${_ort_bundle}/lib")
 endif()
-list(APPEND _ort_hints "${CMAKE_SOURCE_DIR}/third_party/onnxruntime")
-
-find_path(ONNXRUNTIME_INCLUDE_DIR onnxruntime_cxx_api.h
-  HINTS ${_ort_hints}
-  PATH_SUFFIXES include include/onnxruntime
-  PATHS /usr/include/onnxruntime /usr/local/include/onnxruntime)
-find_library(ONNXRUNTIME_LIBRARY NAMES onnxruntime libonnxruntime.so.1
-  HINTS ${_ort_hints}
-  PATH_SUFFIXES lib lib64)
 
 include(FindPackageHandleStandardArgs)
 find_package_handle_standard_args(OnnxRuntime

@@ -19,6 +19,26 @@ namespace {
 using namespace edgeq;
 namespace fs = std::filesystem;
 
+// Number checks with short messages (CLI11's own print the whole double range).
+const CLI::Validator kPositive(
+    [](std::string& text) {
+        try {
+            return std::stod(text) > 0 ? std::string{} : "must be greater than 0";
+        } catch (const std::exception&) {
+            return std::string("is not a number");
+        }
+    },
+    "> 0", "positive");
+const CLI::Validator kNonNegative(
+    [](std::string& text) {
+        try {
+            return std::stod(text) >= 0 ? std::string{} : "must not be negative";
+        } catch (const std::exception&) {
+            return std::string("is not a number");
+        }
+    },
+    ">= 0", "non-negative");
+
 std::string join_arguments(int argc, char** argv) {
     std::string line = "edgeq";
     for (int i = 1; i < argc; ++i) {
@@ -39,27 +59,30 @@ void add_data_options(CLI::App& command, DataOptions& options) {
     command.add_option("--data", options.folder, "Fashion-MNIST folder (IDX files, gzip or plain)")
         ->capture_default_str();
     command.add_option("--seed", options.seed, "seed of the train/calibration split and of training")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(kNonNegative);
     command
         .add_option("--calibration-count", options.calibration_count,
                     "training images held out for calibration")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
 }
 
 void add_train_options(CLI::App& command, TrainOptions& options) {
     command.add_option("--epochs", options.epochs, "training epochs")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
     command.add_option("--batch-size", options.batch_size, "training batch size")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
     command.add_option("--lr", options.learning_rate, "initial Adam learning rate")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(kPositive);
     command
         .add_option("--final-lr", options.final_learning_rate,
                     "learning rate that the cosine decay reaches in the last epoch")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(kNonNegative);
     command
         .add_option("--max-shift", options.max_shift,
                     "augmentation: largest random shift in pixels (0 = none)")
@@ -96,7 +119,7 @@ void add_quantize_options(CLI::App& command, QuantizeFlags& flags) {
         .add_option("--calibration-batch-size", flags.calibration_batch_size,
                     "images per calibration batch (does not change the result)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
 }
 
 void add_ep_option(CLI::App& command, std::string& provider) {
@@ -108,6 +131,7 @@ void add_ep_option(CLI::App& command, std::string& provider) {
 // `edgeq export`: checkpoint or state_dict -> checked ONNX model.
 void run_export(const std::string& checkpoint, const std::string& state_dict,
                 const std::string& output) {
+    check_output_file(output, "--output");
     FashionCnn model;
     if (!state_dict.empty()) {
         import_state_dict(model, read_pytorch_state_dict(state_dict), state_dict);
@@ -116,11 +140,7 @@ void run_export(const std::string& checkpoint, const std::string& state_dict,
     }
     const onnx::ModelProto exported = export_fashion_cnn(export_state_dict(model));
     check_onnx_model(exported, output);
-    const fs::path output_path(output);
-    if (output_path.has_parent_path()) {
-        ensure_writable_folder(output_path.parent_path(), "--output");
-    }
-    save_onnx_model(exported, output_path);
+    save_onnx_model(exported, output);
     spdlog::info("exported {} ({} nodes, opset {}, passes the ONNX checker)", output,
                  exported.graph().node_size(), kExportOpset);
 }
@@ -129,17 +149,15 @@ void run_export(const std::string& checkpoint, const std::string& state_dict,
 void run_quantize(const std::string& model_path, const std::string& output,
                   const DataOptions& data_options, const QuantizeFlags& flags) {
     const QuantizeOptions options = flags.parse();
+    check_output_file(output, "--output");
     const onnx::ModelProto float_model = load_onnx_model(model_path);
+    check_onnx_model(float_model, model_path);
     const PreparedData data =
         prepare_data(data_options.folder, data_options.calibration_count, data_options.seed);
     LabelledImagesReader reader(data.calibration, options.calibration_batch_size);
-    const QdqModel qdq = quantize_to_qdq(float_model, reader, options, SessionConfig{});
+    const QdqModel qdq = quantize_to_qdq(float_model, reader, options, SessionConfig{}, model_path);
     check_onnx_model(qdq.model, output);
-    const fs::path output_path(output);
-    if (output_path.has_parent_path()) {
-        ensure_writable_folder(output_path.parent_path(), "--output");
-    }
-    save_onnx_model(qdq.model, output_path);
+    save_onnx_model(qdq.model, output);
     for (const std::string& warning : qdq.warnings) {
         spdlog::warn("warning: {}", warning);
     }
@@ -151,9 +169,9 @@ void run_quantize(const std::string& model_path, const std::string& output,
 // `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images.
 void run_eval(const std::string& model_path, const std::string& data_folder,
               const SessionConfig& session, int64_t batch_size) {
-    const FashionMnist data = load_fashion_mnist(data_folder);
+    const LabelledImages test = load_fashion_mnist_test(data_folder);
     OrtModel model(model_path, session);
-    const ClassificationResult result = evaluate_classifier(model, data.test, batch_size);
+    const ClassificationResult result = evaluate_classifier(model, test, batch_size);
     spdlog::info("{}: accuracy {:.2f}% ({} of {} correct, {} misclassified) on {} in {:.2f} s",
                  model_path, 100.0 * result.accuracy(), result.correct, result.total,
                  result.total - result.correct, model.execution_provider(), result.seconds);
@@ -178,6 +196,7 @@ int main(int argc, char** argv) {
         "edgeq: train, export, quantize (int8 QDQ for an edge NPU) and evaluate an image "
         "classifier"};
     app.require_subcommand(1);
+    app.fallthrough();  // -q and -v also work after the command name
     // Usage errors are one line on stderr, like every other error.
     app.failure_message([](const CLI::App*, const CLI::Error& error) {
         return fmt::format("edgeq: error: {}; run with --help for the options\n", error.what());
@@ -211,18 +230,20 @@ int main(int argc, char** argv) {
     run->add_option("--checkpoint", run_checkpoint, "trained checkpoint to start from")
         ->capture_default_str();
     run->add_option("--state-dict", run_state_dict,
-                    "start from a PyTorch state_dict saved in Python instead");
+                       "start from a PyTorch state_dict saved in Python instead")
+        ->excludes("--checkpoint");
     run->add_flag("--retrain", run_options.retrain,
-                  "train a new model (saved as <out>/fashion-cnn.pt) instead of loading one");
+                  "train a new model (saved as <out>/fashion-cnn.pt) instead of loading one")
+        ->excludes("--state-dict");
     run->add_option("--eval-batch-size", run_options.eval_batch_size, "images per inference batch")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
     run->add_option("--train-subset", run_options.train_subset,
                     "with --retrain: train on only the first N training images (quick checks)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(kNonNegative);
     run->add_option("--test-subset", run_options.test_subset,
                     "evaluate on only the first N test images (quick checks)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(kNonNegative);
     run->footer("Example: edgeq run --out out\n"
                 "         edgeq run --retrain --epochs 20 --seed 7 --out out-seed7");
 
@@ -242,8 +263,10 @@ int main(int argc, char** argv) {
     CLI::App* export_command = app.add_subcommand("export", "export a checkpoint to ONNX (opset 13)");
     export_command->add_option("--checkpoint", export_checkpoint, "edgeq checkpoint")
         ->capture_default_str();
-    export_command->add_option("--state-dict", export_state_dict_path,
-                               "PyTorch state_dict saved in Python (instead of --checkpoint)");
+    export_command
+        ->add_option("--state-dict", export_state_dict_path,
+                     "PyTorch state_dict saved in Python (instead of --checkpoint)")
+        ->excludes("--checkpoint");
     export_command->add_option("-o,--output", export_output, "ONNX file to write")
         ->capture_default_str();
     export_command->footer("Example: edgeq export --state-dict fashion-mnist.pt -o model.onnx");
@@ -268,7 +291,7 @@ int main(int argc, char** argv) {
     eval->add_option("--data", data.folder, "Fashion-MNIST folder")->capture_default_str();
     eval->add_option("--batch-size", eval_batch_size, "images per inference batch")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(kPositive);
     add_ep_option(*eval, provider);
     eval->footer("Example: edgeq eval -m out/fashion-mnist.qdq.U8S8.onnx --ep cpu");
 
@@ -316,7 +339,9 @@ int main(int argc, char** argv) {
         spdlog::error("edgeq: error: {}", error.what());
         return static_cast<int>(error.code());
     } catch (const std::exception& error) {
-        spdlog::error("edgeq: internal error: {}", error.what());
+        // libtorch appends a multi-line C++ backtrace to its messages; the first line says it.
+        const std::string message = error.what();
+        spdlog::error("edgeq: internal error: {}", message.substr(0, message.find('\n')));
         return static_cast<int>(ExitCode::kInternal);
     }
     return 0;

@@ -298,6 +298,59 @@ TEST(CliBadInput, UnknownExecutionProvider) {
     EXPECT_NE(run.stderr_text.find("tpu"), std::string::npos) << run.stderr_text;
 }
 
+TEST(CliBadInput, VitisAiWithoutProvider) {
+    // The official Linux ONNX Runtime has no Vitis AI EP; the run must stop before any stage.
+    ScratchFolder folder("no-vitisai");
+    write_small_dataset(folder / "data", 200, 50);
+    const FailedRun run = run_expecting_failure(
+        "run --ep vitisai --data " + (folder / "data").string() +
+            " --calibration-count 50 --out " + (folder / "out").string(),
+        folder / "out");
+    if (run.exit_code == 0) {
+        GTEST_SKIP() << "this ONNX Runtime has the Vitis AI execution provider";
+    }
+    expect_clean_failure(run, 5, {"Vitis AI", "ONNXRUNTIME_ROOT"});
+}
+
+TEST(CliBadInput, MissingCheckpoint) {
+    ScratchFolder folder("no-checkpoint");
+    write_small_dataset(folder / "data", 200, 50);
+    const FailedRun run = run_expecting_failure(
+        "run --data " + (folder / "data").string() + " --calibration-count 50 --checkpoint " +
+            (folder / "typo.pt").string() + " --out " + (folder / "out").string(),
+        folder / "out");
+    expect_clean_failure(run, 4, {"typo.pt", "--retrain"});
+}
+
+TEST(CliBadInput, CheckpointNamedLikeMetadata) {
+    ScratchFolder folder("json-checkpoint");
+    write_small_dataset(folder / "data", 200, 50);
+    // Rejected before training starts, so the test takes no training time.
+    const FailedRun run = run_expecting_failure(
+        "train --data " + (folder / "data").string() + " --calibration-count 50 --checkpoint " +
+            (folder / "out" / "model.json").string(),
+        folder / "out");
+    expect_clean_failure(run, 2, {"model.json", "metadata"});
+}
+
+TEST(CliBadInput, BatchLargerThanTrainingSet) {
+    ScratchFolder folder("big-batch");
+    write_small_dataset(folder / "data", 200, 50);
+    const FailedRun run = run_expecting_failure(
+        "run --retrain --data " + (folder / "data").string() +
+            " --calibration-count 50 --batch-size 500 --out " + (folder / "out").string(),
+        folder / "out");
+    expect_clean_failure(run, 2, {"batch size 500", "150 training images"});
+}
+
+TEST(CliBadInput, NegativeLearningRate) {
+    const test::CommandResult result =
+        test::run_command_stderr(cli() + " run --retrain --lr -5 --out /nonexistent/out");
+    EXPECT_EQ(result.exit_code, 2) << result.output;
+    EXPECT_EQ(count_lines(result.output), 1) << result.output;
+    EXPECT_NE(result.output.find("--lr"), std::string::npos) << result.output;
+}
+
 TEST(CliHelp, EveryCommandHasHelpWithExample) {
     for (const std::string command : {"run", "train", "export", "quantize", "eval"}) {
         const test::CommandResult result = test::run_command(cli() + " " + command + " --help");

@@ -68,6 +68,18 @@ void write_file_atomic(const fs::path& path, std::string_view contents) {
     });
 }
 
+void check_output_file(const fs::path& path, std::string_view option) {
+    if (path.empty() || !path.has_filename()) {
+        fail(ExitCode::kIo, "output path '{}' does not name a file; give a file name with {}",
+             path.string(), option);
+    }
+    if (fs::is_directory(path)) {
+        fail(ExitCode::kIo, "output path '{}' is a folder; give a file name with {}",
+             path.string(), option);
+    }
+    ensure_writable_folder(path.has_parent_path() ? path.parent_path() : fs::path("."), option);
+}
+
 void ensure_writable_folder(const fs::path& folder, std::string_view option) {
     std::error_code error;
     fs::create_directories(folder, error);

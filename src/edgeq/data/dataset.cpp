@@ -61,12 +61,30 @@ LabelledImages load_labelled_images(const fs::path& images_path, const fs::path&
     return {std::move(images.pixels), std::move(labels)};
 }
 
-FashionMnist load_fashion_mnist(const fs::path& folder) {
+namespace {
+
+void check_data_folder(const fs::path& folder) {
+    if (fs::exists(folder) && !fs::is_directory(folder)) {
+        fail(ExitCode::kIo, "data path '{}' is a file, not a folder; pass the folder that "
+             "contains the IDX files with --data", folder.string());
+    }
     if (!fs::is_directory(folder)) {
         fail(ExitCode::kIo,
              "data folder '{}' not found; install dataset-fashion-mnist or pass --data DIR",
              folder.string());
     }
+}
+
+}  // namespace
+
+LabelledImages load_fashion_mnist_test(const fs::path& folder) {
+    check_data_folder(folder);
+    return load_labelled_images(find_data_file(folder, "t10k-images-idx3-ubyte"),
+                                find_data_file(folder, "t10k-labels-idx1-ubyte"));
+}
+
+FashionMnist load_fashion_mnist(const fs::path& folder) {
+    check_data_folder(folder);
     FashionMnist data;
     data.train = load_labelled_images(find_data_file(folder, "train-images-idx3-ubyte"),
                                       find_data_file(folder, "train-labels-idx1-ubyte"));

@@ -39,6 +39,9 @@ struct FashionMnist {
 // are 28x28, that image and label counts agree and that every label is 0..9.
 FashionMnist load_fashion_mnist(const std::filesystem::path& folder);
 
+// Reads only the 10,000 test images (t10k-*) from `folder`, with the same checks.
+LabelledImages load_fashion_mnist_test(const std::filesystem::path& folder);
+
 // Reads one image file and its label file and checks them against each other.
 LabelledImages load_labelled_images(const std::filesystem::path& images_path,
                                     const std::filesystem::path& labels_path);

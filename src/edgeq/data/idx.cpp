@@ -14,6 +14,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr uint8_t kUnsignedByteType = 0x08;
+constexpr int64_t kMaxElements = int64_t{1} << 40;
 
 // Reads a whole gzip or plain file: zlib's gzread passes plain files through unchanged.
 // A truncated gzip stream shows up as an error from gzread or gzclose.
@@ -22,6 +23,11 @@ std::vector<uint8_t> read_maybe_gzip(const fs::path& path) {
     if (!fs::exists(path, error)) {
         fail(ExitCode::kIo, "data file '{}' not found; pass the Fashion-MNIST folder with --data",
              path.string());
+    }
+
+    if (!fs::is_regular_file(path, error)) {
+        fail(ExitCode::kIo, "data path '{}' is not a regular file; pass the folder that contains "
+             "the IDX files with --data", path.string());
     }
 
     gzFile file = gzopen(path.c_str(), "rb");
@@ -92,6 +98,11 @@ std::vector<int64_t> parse_header(const std::vector<uint8_t>& bytes, const fs::p
                  path.string(), d, size);
         }
         dimensions.push_back(size);
+        // Three dimensions below 2^31 could overflow int64; no real IDX file comes near 2^40.
+        if (element_count > kMaxElements / size) {
+            fail(ExitCode::kInvalidInput, "data file '{}' declares more than 2^40 elements; the "
+                 "header is corrupt", path.string());
+        }
         element_count *= size;
     }
 

@@ -1,5 +1,6 @@
 #include "edgeq/model/fashion_cnn.h"
 
+#include <cmath>
 #include <set>
 
 #include "edgeq/common/error.h"
@@ -91,6 +92,18 @@ void check_fashion_cnn_state_dict(const StateDict& weights, const std::string& s
             fail(ExitCode::kInvalidInput, "'{}': key '{}' holds {} values for shape {}", source,
                  key, found->second.values.size(), format_shape(shape));
         }
+        for (const float value : found->second.values) {
+            if (!std::isfinite(value)) {
+                fail(ExitCode::kInvalidInput,
+                     "'{}': key '{}' contains {}; the model diverged or the file is damaged",
+                     source, key, value);
+            }
+            if (key.ends_with("running_var") && value < 0) {
+                fail(ExitCode::kInvalidInput,
+                     "'{}': key '{}' contains the negative variance {}; the file is damaged",
+                     source, key, value);
+            }
+        }
     }
     for (const auto& [key, tensor] : weights) {
         if (!expected.contains(key)) {
@@ -139,6 +152,9 @@ void save_checkpoint(FashionCnn& model, const fs::path& path) {
     });
 }
 
+// NOTE: libtorch's InputArchive reads the file with torch::jit::load, which can run TorchScript
+// code stored in the archive. Load only checkpoints you trust; for files from elsewhere, use a
+// Python state_dict, which read_pytorch_state_dict parses without running anything.
 FashionCnn load_checkpoint(const fs::path& path) {
     if (!fs::exists(path)) {
         fail(ExitCode::kIo, "checkpoint '{}' not found; train one with 'edgeq train' or pass --retrain",

@@ -5,6 +5,8 @@
 #include <numbers>
 #include <random>
 
+#include "edgeq/common/error.h"
+
 namespace edgeq {
 
 namespace {
@@ -60,6 +62,14 @@ std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImage
                                  torch::optim::AdamOptions(options.learning_rate));
     const int64_t train_count = train.size();
     const int64_t batch_count = train_count / options.batch_size;  // drops a final partial batch
+    if (batch_count == 0) {
+        fail(ExitCode::kUsage, "batch size {} is larger than the {} training images; lower "
+             "--batch-size", options.batch_size, train_count);
+    }
+    if (!(options.learning_rate > 0) || !(options.final_learning_rate >= 0)) {
+        fail(ExitCode::kUsage, "learning rates must be positive (got --lr {}, --final-lr {})",
+             options.learning_rate, options.final_learning_rate);
+    }
 
     std::vector<int64_t> order(static_cast<size_t>(train_count));
     std::vector<float> batch_images(static_cast<size_t>(options.batch_size * kImageSize));

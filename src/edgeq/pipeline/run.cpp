@@ -1,5 +1,8 @@
 #include "edgeq/pipeline/run.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -41,6 +44,55 @@ private:
     json seconds_ = json::object();
 };
 
+// Artifacts are written into a hidden staging folder inside the output folder and moved into
+// place only when every stage has succeeded, so a failed run leaves earlier results untouched and
+// never mixes the files of two runs.
+class StagedOutput {
+public:
+    explicit StagedOutput(const fs::path& out_folder)
+        : out_folder_(out_folder),
+          staging_(out_folder / fmt::format(".edgeq-run.{}", ::getpid())) {
+        fs::remove_all(staging_);
+        fs::create_directories(staging_);
+    }
+    ~StagedOutput() {
+        std::error_code ignored;
+        fs::remove_all(staging_, ignored);
+    }
+    StagedOutput(const StagedOutput&) = delete;
+    StagedOutput& operator=(const StagedOutput&) = delete;
+
+    // Where a stage writes `name` now, and where it will be after commit().
+    fs::path staged(const std::string& name) const { return staging_ / name; }
+    fs::path final_path(const std::string& name) const { return out_folder_ / name; }
+
+    // Moves one staged file into the output folder right away.
+    void commit_file(const std::string& name) const {
+        std::error_code error;
+        fs::rename(staged(name), final_path(name), error);
+        if (error) {
+            fail(ExitCode::kIo, "cannot move '{}' into '{}': {}", staged(name).string(),
+                 out_folder_.string(), error.message());
+        }
+    }
+
+    // Moves every staged file into the output folder; each rename replaces one file atomically.
+    void commit() const {
+        std::vector<std::string> names;
+        for (const auto& entry : fs::directory_iterator(staging_)) {
+            names.push_back(entry.path().filename().string());
+        }
+        std::sort(names.begin(), names.end());
+        for (const std::string& name : names) {
+            commit_file(name);
+        }
+    }
+
+private:
+    fs::path out_folder_;
+    fs::path staging_;
+};
+
 LabelledImages first_images(const LabelledImages& images, int64_t count) {
     if (count <= 0 || count >= images.size()) {
         return images;
@@ -51,8 +103,29 @@ LabelledImages first_images(const LabelledImages& images, int64_t count) {
     return subset;
 }
 
+// Warns when the checkpoint was trained with another split seed: its training images may then
+// include some of this run's calibration images.
+void check_checkpoint_seed(const fs::path& checkpoint, uint64_t seed) {
+    const fs::path metadata_path = checkpoint_metadata_path(checkpoint);
+    if (!fs::exists(metadata_path)) {
+        return;
+    }
+    try {
+        const json metadata = json::parse(read_file(metadata_path));
+        if (metadata.contains("seed") && metadata["seed"].get<uint64_t>() != seed) {
+            spdlog::warn("warning: {} was trained with seed {}, but this run splits with seed {}; "
+                         "calibration images may overlap its training images",
+                         checkpoint.string(), metadata["seed"].get<uint64_t>(), seed);
+        }
+    } catch (const json::exception& error) {
+        spdlog::warn("warning: cannot read checkpoint metadata {}: {}", metadata_path.string(),
+                     error.what());
+    }
+}
+
 // Loads the model the run starts from: a Python state_dict, the checkpoint, or a new training.
-FashionCnn obtain_model(const RunOptions& options, const PreparedData& data) {
+FashionCnn obtain_model(const RunOptions& options, const PreparedData& data,
+                        const StagedOutput& output) {
     if (options.state_dict) {
         spdlog::info("loading PyTorch state_dict {}", options.state_dict->string());
         FashionCnn model;
@@ -60,25 +133,36 @@ FashionCnn obtain_model(const RunOptions& options, const PreparedData& data) {
                           options.state_dict->string());
         return model;
     }
-    if (options.retrain || !fs::exists(options.checkpoint)) {
-        if (!options.retrain) {
-            spdlog::info("checkpoint {} not found, so training a new one",
-                         options.checkpoint.string());
-        }
+    if (options.retrain) {
         LabelledImages train = first_images(data.train, options.train_subset);
         PreparedData training_data{std::move(train), data.calibration, data.test, data.split};
-        return train_and_save(training_data, options.train, options.out_folder / "fashion-cnn.pt",
-                              options.command_line);
+        FashionCnn model = train_and_save(training_data, options.train,
+                                          output.staged(kTrainedCheckpointFile),
+                                          options.command_line);
+        // A trained model is worth keeping even if a later stage fails.
+        output.commit_file(kTrainedCheckpointFile);
+        output.commit_file(checkpoint_metadata_path(kTrainedCheckpointFile).string());
+        spdlog::info("checkpoint saved as {}",
+                     output.final_path(kTrainedCheckpointFile).string());
+        return model;
+    }
+    if (!fs::exists(options.checkpoint)) {
+        fail(ExitCode::kIo,
+             "checkpoint '{}' not found; pass an existing --checkpoint, or --retrain to train one",
+             options.checkpoint.string());
     }
     spdlog::info("loading checkpoint {}", options.checkpoint.string());
+    check_checkpoint_seed(options.checkpoint, options.seed);
     return load_checkpoint(options.checkpoint);
 }
 
 // Exports the model to ONNX, checks it and compares ONNX Runtime's logits with libtorch's.
-json export_and_verify(FashionCnn& model, const LabelledImages& test, const fs::path& path) {
+json export_and_verify(FashionCnn& model, const LabelledImages& test, const fs::path& path,
+                       const fs::path& final_path) {
     const StateDict weights = export_state_dict(model);
+    check_fashion_cnn_state_dict(weights, "the model");
     const onnx::ModelProto exported = export_fashion_cnn(weights);
-    check_onnx_model(exported, path.string());
+    check_onnx_model(exported, final_path.string());
     save_onnx_model(exported, path);
 
     const LabelledImages sample = first_images(test, kExportCheckImages);
@@ -88,21 +172,26 @@ json export_and_verify(FashionCnn& model, const LabelledImages& test, const fs::
     const std::vector<FloatOutput> outputs =
         session.run(images, {sample.size(), 1, kImageSide, kImageSide});
 
+    // |ort - torch| <= tolerance * max(1, |torch|), written so that a NaN on either side fails.
     float max_difference = 0;
+    bool within_tolerance = true;
     for (size_t i = 0; i < reference.size(); ++i) {
-        max_difference = std::max(max_difference, std::abs(reference[i] - outputs[0].values[i]));
+        const float difference = std::abs(reference[i] - outputs[0].values[i]);
+        const float allowed = kExportLogitTolerance * std::max(1.0f, std::abs(reference[i]));
+        within_tolerance = within_tolerance && difference <= allowed;
+        max_difference = std::isnan(difference) ? difference : std::max(max_difference, difference);
     }
     spdlog::info("exported {} ({} nodes); ONNX Runtime vs libtorch on {} test images: max |logit "
-                 "difference| {:.2e} (tolerance {:.0e})",
-                 path.string(), exported.graph().node_size(), sample.size(), max_difference,
+                 "difference| {:.2e} (tolerance {:.0e} relative)",
+                 final_path.string(), exported.graph().node_size(), sample.size(), max_difference,
                  kExportLogitTolerance);
-    if (!(max_difference <= kExportLogitTolerance)) {
+    if (!within_tolerance) {
         fail(ExitCode::kInternal,
-             "the exported model '{}' disagrees with libtorch by {} (tolerance {}); the exporter "
-             "is wrong for this model",
-             path.string(), max_difference, kExportLogitTolerance);
+             "the exported model '{}' disagrees with libtorch (max difference {}, tolerance {} "
+             "relative); please report this with the checkpoint",
+             final_path.string(), max_difference, kExportLogitTolerance);
     }
-    return {{"path", path.string()},
+    return {{"path", final_path.string()},
             {"nodes", exported.graph().node_size()},
             {"max_abs_logit_difference_vs_libtorch", max_difference},
             {"images_compared", sample.size()}};
@@ -192,8 +281,8 @@ void log_summary(const json& metrics) {
 json run_pipeline(const RunOptions& options) {
     const auto run_start = std::chrono::steady_clock::now();
     ensure_writable_folder(options.out_folder, "--out");
-    const fs::path float_path = options.out_folder / kFloatModelFile;
-    const fs::path qdq_path = options.out_folder / kQdqModelFile;
+    check_execution_provider(options.session);
+    const StagedOutput output(options.out_folder);
 
     spdlog::info("edgeq run: data {}, out {}, seed {}, calibration {} images ({}), bias {}, EP {}",
                  options.data_folder.string(), options.out_folder.string(), options.seed,
@@ -211,33 +300,36 @@ json run_pipeline(const RunOptions& options) {
 
     // 2. Model: checkpoint, Python state_dict or a new training.
     clock.start("model");
-    FashionCnn model = obtain_model(options, data);
+    FashionCnn model = obtain_model(options, data, output);
     clock.stop();
 
     // 3. Export to ONNX and check against libtorch.
     clock.start("export");
-    const json export_info = export_and_verify(model, data.test, float_path);
+    const json export_info = export_and_verify(model, data.test, output.staged(kFloatModelFile),
+                                               output.final_path(kFloatModelFile));
     clock.stop();
 
     // 4. Post-training quantization to QDQ, calibrated on the held-out images.
     clock.start("quantize");
-    const onnx::ModelProto float_model = load_onnx_model(float_path);
+    const fs::path qdq_path = output.final_path(kQdqModelFile);
+    const onnx::ModelProto float_model = load_onnx_model(output.staged(kFloatModelFile));
     LabelledImagesReader reader(data.calibration, options.quantize.calibration_batch_size);
-    const QdqModel qdq = quantize_to_qdq(float_model, reader, options.quantize, SessionConfig{});
+    const QdqModel qdq = quantize_to_qdq(float_model, reader, options.quantize, SessionConfig{},
+                                         output.final_path(kFloatModelFile).string());
     check_onnx_model(qdq.model, qdq_path.string());
-    save_onnx_model(qdq.model, qdq_path);
+    save_onnx_model(qdq.model, output.staged(kQdqModelFile));
     log_quantization_table(qdq);
     const std::vector<OpTypeQuantization> summary = summarize_qdq_model(qdq.model);
     spdlog::info("quantized model {} ({} nodes):\n{}", qdq_path.string(),
                  qdq.model.graph().node_size(), format_qdq_summary(summary));
-    write_file_atomic(options.out_folder / "quantization_report.json",
+    write_file_atomic(output.staged("quantization_report.json"),
                       quantization_report_json(qdq, options.quantize).dump(2) + "\n");
     clock.stop();
 
     // 5. Deployment: ONNX Runtime sessions on the chosen execution provider.
     clock.start("deploy");
-    OrtModel float_session(float_path, options.session);
-    OrtModel qdq_session(qdq_path, options.session);
+    OrtModel float_session(output.staged(kFloatModelFile), options.session);
+    OrtModel qdq_session(output.staged(kQdqModelFile), options.session);
     spdlog::info("ONNX Runtime {}: sessions on {}", onnxruntime_version(),
                  qdq_session.execution_provider());
     clock.stop();
@@ -248,9 +340,9 @@ json run_pipeline(const RunOptions& options) {
         evaluate_classifier(float_session, data.test, options.eval_batch_size);
     const ClassificationResult int8 =
         evaluate_classifier(qdq_session, data.test, options.eval_batch_size);
-    write_confusion_csv(fp32.confusion, options.out_folder / "confusion_matrix_fp32.csv");
-    write_confusion_csv(int8.confusion, options.out_folder / "confusion_matrix_int8.csv");
-    write_predictions_csv(data.test, fp32, int8, options.out_folder / "predictions.csv");
+    write_confusion_csv(fp32.confusion, output.staged("confusion_matrix_fp32.csv"));
+    write_confusion_csv(int8.confusion, output.staged("confusion_matrix_int8.csv"));
+    write_predictions_csv(data.test, fp32, int8, output.staged("predictions.csv"));
     clock.stop();
 
     json op_types = json::object();
@@ -262,13 +354,16 @@ json run_pipeline(const RunOptions& options) {
     json fp32_json = classification_json(fp32);
     fp32_json["execution_provider"] = float_session.execution_provider();
 
+    json dataset = {{"train", data.train.size()},
+                    {"calibration", data.calibration.size()},
+                    {"test", data.test.size()},
+                    {"seed", options.seed},
+                    {"folder", options.data_folder.string()}};
+    if (options.retrain && options.train_subset > 0) {
+        dataset["trained_on"] = std::min(options.train_subset, data.train.size());
+    }
     json metrics = {
-        {"dataset",
-         {{"train", data.train.size()},
-          {"calibration", data.calibration.size()},
-          {"test", data.test.size()},
-          {"seed", options.seed},
-          {"folder", options.data_folder.string()}}},
+        {"dataset", dataset},
         {"fp32", fp32_json},
         {"int8", int8_json},
         {"delta_int8_vs_fp32", int8.accuracy() - fp32.accuracy()},
@@ -285,7 +380,9 @@ json run_pipeline(const RunOptions& options) {
     };
     metrics["total_seconds"] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-    write_file_atomic(options.out_folder / "metrics.json", metrics.dump(2) + "\n");
+    write_file_atomic(output.staged("metrics.json"), metrics.dump(2) + "\n");
+
+    output.commit();
     log_summary(metrics);
     spdlog::info("artifacts in {}/: {}, {}, metrics.json, confusion_matrix_{{fp32,int8}}.csv, "
                  "predictions.csv, quantization_report.json",

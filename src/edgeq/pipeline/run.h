@@ -18,11 +18,12 @@ namespace edgeq {
 inline constexpr const char* kFloatModelFile = "fashion-mnist.onnx";
 inline constexpr const char* kQdqModelFile = "fashion-mnist.qdq.U8S8.onnx";
 inline constexpr const char* kDefaultCheckpoint = "models/fashion-cnn.pt";
+inline constexpr const char* kTrainedCheckpointFile = "fashion-cnn.pt";  // written by --retrain
 inline constexpr double kReportInt8Accuracy = 0.8883;  // the Ryzen AI tutorial report's figure
 
 // Largest difference between ONNX Runtime's and libtorch's fp32 logits that the export check
-// accepts. Folding BatchNorm into Conv reorders float32 arithmetic, which moves logits of
-// magnitude ~10 by ~1e-5; anything near 1e-3 means a wrong graph, not rounding.
+// accepts, relative to max(1, |logit|). Folding BatchNorm into Conv reorders float32 arithmetic,
+// which moves logits of magnitude ~10 by ~1e-5; a wrong graph is off by far more than 1e-3.
 inline constexpr float kExportLogitTolerance = 1e-3f;
 inline constexpr int64_t kExportCheckImages = 1000;
 
@@ -43,7 +44,9 @@ struct RunOptions {
     std::string command_line;
 };
 
-// Runs every stage and writes the artifacts; returns the contents of metrics.json.
+// Runs every stage and writes the artifacts; returns the contents of metrics.json. The artifacts
+// appear in the output folder only when every stage succeeded (a checkpoint trained by
+// --retrain is kept as soon as training ends).
 nlohmann::ordered_json run_pipeline(const RunOptions& options);
 
 }  // namespace edgeq

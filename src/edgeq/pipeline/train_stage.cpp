@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
 
 namespace edgeq {
@@ -27,8 +28,10 @@ fs::path checkpoint_metadata_path(const fs::path& checkpoint) {
 FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
                           const fs::path& checkpoint, const std::string& command_line) {
     // Check the destination before spending minutes on training.
-    if (!checkpoint.parent_path().empty()) {
-        ensure_writable_folder(checkpoint.parent_path(), "--checkpoint");
+    check_output_file(checkpoint, "--checkpoint");
+    if (checkpoint_metadata_path(checkpoint) == checkpoint) {
+        fail(ExitCode::kUsage, "checkpoint '{}' would be overwritten by its own metadata file; "
+             "give it another extension, such as .pt", checkpoint.string());
     }
     spdlog::info("training FashionCNN: {} images, {} epochs, batch {}, Adam lr {} (cosine to {}), "
                  "shift {} px, flip {}, seed {}",
@@ -36,6 +39,8 @@ FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
                  options.final_learning_rate, options.max_shift, options.horizontal_flip,
                  options.seed);
 
+    // Seed before the model exists: its initial weights come from libtorch's default generator.
+    torch::manual_seed(options.seed);
     FashionCnn model;
     const std::vector<EpochStats> history = train_fashion_cnn(
         model, data.train, data.calibration, options, [&](const EpochStats& stats) {

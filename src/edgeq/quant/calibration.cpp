@@ -43,7 +43,7 @@ std::string calibration_method_name(CalibrationMethod method) {
 
 std::map<std::string, TensorRange> collect_tensor_ranges(
     const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
-    CalibrationDataReader& reader, const SessionConfig& session,
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
     const std::function<void(int64_t, int64_t)>& on_batch) {
     // Expose every tensor to calibrate as a graph output, as ONNX Runtime's quantizer does.
     onnx::ModelProto augmented = model;
@@ -60,7 +60,7 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
     }
     std::string bytes;
     augmented.SerializeToString(&bytes);
-    OrtModel runner(bytes, "calibration model", session);
+    OrtModel runner(bytes, label, session);
 
     std::map<std::string, TensorRange> ranges;
     std::map<std::string, std::pair<double, double>> extremes;

@@ -63,10 +63,11 @@ struct TensorRange {
 
 // Runs `model` in ONNX Runtime over all batches of `reader` with `tensor_names` added as graph
 // outputs, and returns each tensor's min and max. Memory does not grow with the number of
-// batches. `on_batch(samples_done, samples_total)` reports progress when set.
+// batches. `label` names the model in errors; `on_batch(samples_done, samples_total)` reports
+// progress when set.
 std::map<std::string, TensorRange> collect_tensor_ranges(
     const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
-    CalibrationDataReader& reader, const SessionConfig& session,
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
     const std::function<void(int64_t, int64_t)>& on_batch = {});
 
 }  // namespace edgeq

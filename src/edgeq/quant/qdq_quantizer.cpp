@@ -179,6 +179,19 @@ std::vector<std::string> list_activations(const onnx::GraphProto& graph, const G
     return activations;
 }
 
+// QuantizeLinear and DequantizeLinear exist from opset 10 on, and the rewrite keeps the model's
+// opset, so an older model cannot take Q/DQ nodes.
+void check_opset(const onnx::ModelProto& model, const std::string& model_label) {
+    for (const onnx::OperatorSetIdProto& opset : model.opset_import()) {
+        if ((opset.domain().empty() || opset.domain() == "ai.onnx") && opset.version() < 10) {
+            fail(ExitCode::kUnsupported,
+                 "model '{}' uses ONNX opset {}; quantization needs opset 10 or later "
+                 "(re-export it with a newer opset)",
+                 model_label, opset.version());
+        }
+    }
+}
+
 void check_supported(const onnx::GraphProto& graph) {
     for (const onnx::NodeProto& node : graph.node()) {
         if (!kSupportedOps.contains(node.op_type())) {
@@ -206,6 +219,52 @@ std::string effective_output(const onnx::GraphProto& graph, const GraphIndex& in
     return output;
 }
 
+// Chooses the bias quantization of one Conv/Gemm node from its weight, input and output scales.
+void plan_bias(const GraphIndex& index, const onnx::NodeProto& node, const QuantizeOptions& options,
+               const QuantParams& weight_params, const QuantParams& input_params,
+               const QuantParams& output_params, QuantizationPlan& plan,
+               std::vector<QuantizedTensor>& report) {
+    if (node.input_size() < 3 || node.input(2).empty()) {
+        return;
+    }
+    const std::string& bias_name = node.input(2);
+    if (!index.initializers.contains(bias_name)) {
+        fail(ExitCode::kUnsupported, "node '{}' takes its bias '{}' from another node; the "
+             "quantizer needs a constant bias", node.name(), bias_name);
+    }
+    if (plan.params.contains(bias_name)) {
+        return;  // shared with an earlier layer
+    }
+    const std::vector<float> bias = read_float_tensor(*index.initializers.at(bias_name));
+    const auto [bias_min, bias_max] = value_range(bias);
+    const int product_position = weight_params.position + input_params.position;
+
+    QuantParams bias_params;
+    std::string bias_note;
+    if (options.bias == BiasMode::kInt32) {
+        bias_params = {QuantType::kInt32, product_position, 0};
+    } else {
+        bias_params = {QuantType::kInt8, 0, 0};
+        const int natural =
+            non_overflow_position(bias_min, bias_max, QuantType::kInt8, 0, product_position);
+        const int shift_cut = product_position - output_params.position;
+        const int lowest = product_position - kMaxBiasShift;
+        const int highest = product_position - std::min(0, shift_cut - kMaxOutputShift);
+        bias_params.position = std::clamp(natural, lowest, highest);
+        if (bias_params.position != natural) {
+            bias_note = fmt::format("position {} clamped to {} by the NPU's bias shift range",
+                                    natural, bias_params.position);
+        }
+    }
+    if (!fits_without_clipping(bias_min, bias_max, bias_params)) {
+        bias_note += bias_note.empty() ? "" : "; ";
+        bias_note += "values beyond the range saturate";
+    }
+    plan.params[bias_name] = bias_params;
+    plan.initializer_values[bias_name] = bias;
+    report.push_back({bias_name, "bias", bias_params, bias_min, bias_max, bias_note});
+}
+
 // Chooses the weight and bias quantization of one Conv/Gemm/MatMul node.
 void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
                   const onnx::NodeProto& node, const QuantizeOptions& options,
@@ -214,11 +273,17 @@ void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
         return;  // a MatMul of two activations has no weight
     }
     const std::string& weight_name = node.input(1);
-    const std::vector<float> weight = read_float_tensor(*index.initializers.at(weight_name));
-    const auto [weight_min, weight_max] = value_range(weight);
-
     const QuantParams& input_params = plan.params.at(node.input(0));
     const QuantParams& output_params = plan.params.at(effective_output(graph, index, node));
+    if (plan.params.contains(weight_name)) {
+        // NOTE: a weight shared by several layers keeps the scale chosen for its first layer, so
+        // the output-shift limit is only enforced for that layer.
+        plan_bias(index, node, options, plan.params.at(weight_name), input_params, output_params,
+                  plan, report);
+        return;
+    }
+    const std::vector<float> weight = read_float_tensor(*index.initializers.at(weight_name));
+    const auto [weight_min, weight_max] = value_range(weight);
 
     QuantParams weight_params{QuantType::kInt8, 0, 0};
     weight_params.position =
@@ -237,42 +302,14 @@ void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
         weight_note = fmt::format("position raised from {} so the output shift is 0 (may clip)",
                                   weight_params.position + shift_cut);
     }
+    if (!fits_without_clipping(weight_min, weight_max, weight_params)) {
+        weight_note += weight_note.empty() ? "" : "; ";
+        weight_note += "values beyond the int8 range saturate";
+    }
     plan.params[weight_name] = weight_params;
     plan.initializer_values[weight_name] = weight;
     report.push_back({weight_name, "weight", weight_params, weight_min, weight_max, weight_note});
-
-    if (node.input_size() < 3 || node.input(2).empty()) {
-        return;
-    }
-    const std::string& bias_name = node.input(2);
-    if (!index.initializers.contains(bias_name)) {
-        fail(ExitCode::kUnsupported, "node '{}' takes its bias '{}' from another node; the "
-             "quantizer needs a constant bias", node.name(), bias_name);
-    }
-    const std::vector<float> bias = read_float_tensor(*index.initializers.at(bias_name));
-    const auto [bias_min, bias_max] = value_range(bias);
-    const int product_position = weight_params.position + input_params.position;
-
-    QuantParams bias_params;
-    std::string bias_note;
-    if (options.bias == BiasMode::kInt32) {
-        bias_params = {QuantType::kInt32, product_position, 0};
-    } else {
-        bias_params = {QuantType::kInt8, 0, 0};
-        const int natural =
-            non_overflow_position(bias_min, bias_max, QuantType::kInt8, 0, product_position);
-        const int final_shift_cut = product_position - output_params.position;
-        const int lowest = product_position - kMaxBiasShift;
-        const int highest = product_position - std::min(0, final_shift_cut - kMaxOutputShift);
-        bias_params.position = std::clamp(natural, lowest, highest);
-        if (bias_params.position != natural) {
-            bias_note = fmt::format("position {} clamped to {} by the NPU's bias shift range",
-                                    natural, bias_params.position);
-        }
-    }
-    plan.params[bias_name] = bias_params;
-    plan.initializer_values[bias_name] = bias;
-    report.push_back({bias_name, "bias", bias_params, bias_min, bias_max, bias_note});
+    plan_bias(index, node, options, weight_params, input_params, output_params, plan, report);
 }
 
 // Rewrites the graph: Q/DQ pairs after activations, DQ nodes in front of quantized initializers.
@@ -312,6 +349,7 @@ void build_qdq_graph(const onnx::GraphProto& source, const GraphIndex& index,
         }
     }
 
+    std::set<std::string> emitted_initializers;
     for (const onnx::NodeProto& node : source.node()) {
         onnx::NodeProto rewritten = node;
         for (int i = 0; i < node.input_size(); ++i) {
@@ -319,13 +357,16 @@ void build_qdq_graph(const onnx::GraphProto& source, const GraphIndex& index,
             if (activations.contains(input)) {
                 rewritten.set_input(i, dequantized(input));
             } else if (plan.initializer_values.contains(input)) {
-                const QuantParams& params = plan.params.at(input);
-                *target.add_initializer() = quantize_initializer(
-                    *index.initializers.at(input), plan.initializer_values.at(input), params);
-                add_quant_param_initializers(target, input, params);
+                // A weight shared by several nodes is stored and dequantized once.
                 const std::string output = input + "_DequantizeLinear_Output";
-                *target.add_node() =
-                    make_qdq_node("DequantizeLinear", input, quantized_name(input), output);
+                if (emitted_initializers.insert(input).second) {
+                    const QuantParams& params = plan.params.at(input);
+                    *target.add_initializer() = quantize_initializer(
+                        *index.initializers.at(input), plan.initializer_values.at(input), params);
+                    add_quant_param_initializers(target, input, params);
+                    *target.add_node() =
+                        make_qdq_node("DequantizeLinear", input, quantized_name(input), output);
+                }
                 rewritten.set_input(i, output);
             }
         }
@@ -358,8 +399,10 @@ std::string bias_mode_name(BiasMode mode) {
 
 QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataReader& reader,
                          const QuantizeOptions& options, const SessionConfig& session,
+                         const std::string& model_label,
                          const std::function<void(int64_t, int64_t)>& on_calibration_batch) {
     const onnx::GraphProto& graph = float_model.graph();
+    check_opset(float_model, model_label);
     check_supported(graph);
     const GraphIndex index = index_graph(graph);
 
@@ -370,7 +413,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
     // Calibrate every activation that gets its own scale.
     const auto start = std::chrono::steady_clock::now();
     const std::map<std::string, TensorRange> ranges =
-        collect_tensor_ranges(float_model, plan.activations, reader, session, on_calibration_batch);
+        collect_tensor_ranges(float_model, plan.activations, reader, session,
+                              "calibration copy of " + model_label, on_calibration_batch);
     result.calibration_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -391,6 +435,12 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
         params.position = non_overflow_position(range.min, range.max, QuantType::kUint8,
                                                 kActivationZeroPoint, kFallbackActivationPosition);
         std::string note;
+        if (!fits_without_clipping(range.min, range.max, params)) {
+            note = "calibrated range exceeds the largest scale; values beyond it saturate";
+            result.warnings.push_back(fmt::format(
+                "tensor '{}' spans [{}, {}], beyond what scale 2^{} covers; it will saturate",
+                tensor, range.min, range.max, -params.position));
+        }
         if (range.min == 0.0f && range.max == 0.0f) {
             note = "all zero during calibration; scale chosen arbitrarily";
             result.warnings.push_back(fmt::format(
@@ -410,6 +460,12 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
                      node.name(), node.input(0));
             }
             plan_weights(graph, index, node, options, plan, result.tensors);
+        }
+    }
+    for (const QuantizedTensor& tensor : result.tensors) {
+        if (tensor.role != "activation" && tensor.note.find("saturate") != std::string::npos) {
+            result.warnings.push_back(fmt::format("{} '{}' spans [{}, {}]: {}", tensor.role,
+                                                  tensor.name, tensor.min, tensor.max, tensor.note));
         }
     }
 

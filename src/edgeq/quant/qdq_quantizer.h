@@ -27,7 +27,7 @@ namespace edgeq {
 
 enum class BiasMode {
     kInt8PowerOfTwo,  // AMD Quark's XINT8 code: int8, own power-of-two scale, NPU shift limits
-    kInt32,           // int32 with scale s_input * s_weight, exact for any bias within range
+    kInt32,           // int32 with scale s_input * s_weight: finest step, clips only beyond 2^31 steps
 };
 
 BiasMode parse_bias_mode(const std::string& name);  // "int8" or "int32"
@@ -57,9 +57,11 @@ struct QdqModel {
 };
 
 // Calibrates `float_model` on `reader` and builds its QDQ model. Throws Error naming the node
-// for an operator the quantizer does not handle.
+// for an operator the quantizer does not handle; `model_label` (usually the file) names the
+// model in errors.
 QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataReader& reader,
                          const QuantizeOptions& options, const SessionConfig& session,
+                         const std::string& model_label = "model",
                          const std::function<void(int64_t, int64_t)>& on_calibration_batch = {});
 
 // NPU limits on the shifts of a layer with int8 bias, from AMD Quark's XINT8 code, with p the

@@ -63,6 +63,13 @@ float dequantize_value(int64_t quantized, const QuantParams& params) {
         std::ldexp(static_cast<double>(quantized - params.zero_point), -params.position));
 }
 
+bool fits_without_clipping(double min, double max, const QuantParams& params) {
+    const double scale = std::ldexp(1.0, -params.position);
+    const double highest = static_cast<double>(quant_max(params.type) - params.zero_point) * scale;
+    const double lowest = static_cast<double>(quant_min(params.type) - params.zero_point) * scale;
+    return max <= highest && min >= lowest;
+}
+
 int non_overflow_position(double min, double max, QuantType type, int zero_point,
                           int fallback_position) {
     const double positive_steps = static_cast<double>(quant_max(type) - zero_point);

@@ -50,8 +50,11 @@ float dequantize_value(int64_t quantized, const QuantParams& params);
 int non_overflow_position(double min, double max, QuantType type, int zero_point,
                           int fallback_position);
 
-// Positions are kept in this range: 2^-24 is below float16's smallest normal and 2^8 covers
-// activations up to 32768, far beyond what a trained CNN produces.
+// True when every value of [min, max] quantizes with `params` without saturating.
+bool fits_without_clipping(double min, double max, const QuantParams& params);
+
+// Positions are kept in this range: 2^-24 is below float16's smallest normal, and 2^8 covers
+// int8 values up to 127 * 256 = 32512, far beyond what a trained CNN produces.
 inline constexpr int kMinPosition = -8;
 inline constexpr int kMaxPosition = 24;
 

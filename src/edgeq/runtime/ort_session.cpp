@@ -33,8 +33,7 @@ std::string one_line(std::string text) {
 }
 
 // Fills session options for `config`; returns the provider's ONNX Runtime name.
-std::string configure(Ort::SessionOptions& options, const SessionConfig& config,
-                      const std::string& label) {
+std::string configure(Ort::SessionOptions& options, const SessionConfig& config) {
     // ONNX Runtime's default logger lives in the environment; appending a provider before the
     // environment exists fails with a logger error instead of the provider's own message.
     ort_environment();
@@ -51,10 +50,10 @@ std::string configure(Ort::SessionOptions& options, const SessionConfig& config,
             options.AppendExecutionProvider_VitisAI(provider_options);
         } catch (const Ort::Exception& error) {
             fail(ExitCode::kUnsupported,
-                 "the Vitis AI execution provider is not available in ONNX Runtime {} ({}) for "
-                 "'{}'; install the Ryzen AI SDK and point ONNXRUNTIME_ROOT at its ONNX Runtime, "
-                 "or use --ep cpu",
-                 onnxruntime_version(), one_line(error.what()), label);
+                 "the Vitis AI execution provider is not available in ONNX Runtime {} ({}); "
+                 "install the Ryzen AI SDK and point ONNXRUNTIME_ROOT at its ONNX Runtime, or "
+                 "use --ep cpu",
+                 onnxruntime_version(), one_line(error.what()));
         }
         return "VitisAIExecutionProvider";
     }
@@ -69,7 +68,7 @@ OrtModel::OrtModel(const fs::path& path, const SessionConfig& config) : label_(p
         fail(ExitCode::kIo, "model '{}' not found; check the path", path.string());
     }
     Ort::SessionOptions options;
-    execution_provider_ = configure(options, config, label_);
+    execution_provider_ = configure(options, config);
     try {
         session_ = std::make_unique<Ort::Session>(ort_environment(), path.c_str(), options);
     } catch (const Ort::Exception& error) {
@@ -83,7 +82,7 @@ OrtModel::OrtModel(const std::string& model_bytes, const std::string& label,
                    const SessionConfig& config)
     : label_(label) {
     Ort::SessionOptions options;
-    execution_provider_ = configure(options, config, label_);
+    execution_provider_ = configure(options, config);
     try {
         session_ = std::make_unique<Ort::Session>(ort_environment(), model_bytes.data(),
                                                   model_bytes.size(), options);
@@ -143,7 +142,10 @@ std::vector<FloatOutput> OrtModel::run(const std::vector<float>& input,
     return outputs;
 }
 
-std::vector<std::string> available_execution_providers() { return Ort::GetAvailableProviders(); }
+void check_execution_provider(const SessionConfig& config) {
+    Ort::SessionOptions options;
+    configure(options, config);
+}
 
 std::string onnxruntime_version() { return Ort::GetVersionString(); }
 

@@ -41,8 +41,10 @@ public:
     const std::string& input_name() const { return input_name_; }
     const std::vector<std::string>& output_names() const { return output_names_; }
 
-    // The execution provider that runs the session, in ONNX Runtime's spelling
+    // The execution provider the session was created with, in ONNX Runtime's spelling
     // ("CPUExecutionProvider", "VitisAIExecutionProvider").
+    // NOTE: with Vitis AI, nodes the NPU does not take still run on the CPU; this names the
+    // provider that was requested and accepted, not where each node ran.
     const std::string& execution_provider() const { return execution_provider_; }
 
 private:
@@ -55,8 +57,11 @@ private:
     std::string execution_provider_;
 };
 
-// The providers compiled into the loaded ONNX Runtime library, in ONNX Runtime's spelling.
-std::vector<std::string> available_execution_providers();
+// Throws the same Error that creating a session with `config` would throw when its execution
+// provider is unknown or missing from the loaded ONNX Runtime, without loading a model. Lets a
+// long run fail before its first stage. (Ort::GetAvailableProviders is no help here: the official
+// Linux build lists CUDA and TensorRT, which it cannot load without their libraries.)
+void check_execution_provider(const SessionConfig& config);
 
 // Version string of the loaded ONNX Runtime library.
 std::string onnxruntime_version();
