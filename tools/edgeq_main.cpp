@@ -1,7 +1,7 @@
 // edgeq: the command-line front end. Each subcommand parses its flags and calls the edgeq
 // library; an error becomes one line on stderr and an exit code (see ExitCode in error.h).
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
@@ -58,7 +58,8 @@ struct DataOptions {
 void add_data_options(CLI::App& command, DataOptions& options) {
     command.add_option("--data", options.folder, "Fashion-MNIST folder (IDX files, gzip or plain)")
         ->capture_default_str();
-    command.add_option("--seed", options.seed, "seed of the train/calibration split and of training")
+    command
+        .add_option("--seed", options.seed, "seed of the train/calibration split and of training")
         ->capture_default_str()
         ->check(kNonNegative);
     command
@@ -205,9 +206,10 @@ int main(int argc, char** argv) {
     app.add_flag("-q,--quiet", quiet, "print warnings and errors only");
     bool verbose = false;
     app.add_flag("-v,--verbose", verbose, "print debug lines, ONNX Runtime's log among them");
-    app.footer("Run 'edgeq <command> --help' for a command's options.\n"
-               "Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid input, 4 I/O "
-               "error, 5 unsupported.");
+    app.footer(
+        "Run 'edgeq <command> --help' for a command's options.\n"
+        "Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid input, 4 I/O "
+        "error, 5 unsupported.");
 
     DataOptions data;
     TrainOptions train_options;
@@ -220,8 +222,9 @@ int main(int argc, char** argv) {
     std::string run_checkpoint = kDefaultCheckpoint;
     std::string run_state_dict;
     CLI::App* run = app.add_subcommand(
-        "run", "the whole job: data, model, ONNX export, int8 quantization, ONNX Runtime, "
-               "evaluation");
+        "run",
+        "the whole job: data, model, ONNX export, int8 quantization, ONNX Runtime, "
+        "evaluation");
     add_data_options(*run, data);
     add_train_options(*run, train_options);
     add_quantize_options(*run, quantize_flags);
@@ -230,7 +233,7 @@ int main(int argc, char** argv) {
     run->add_option("--checkpoint", run_checkpoint, "trained checkpoint to start from")
         ->capture_default_str();
     run->add_option("--state-dict", run_state_dict,
-                       "start from a PyTorch state_dict saved in Python instead")
+                    "start from a PyTorch state_dict saved in Python instead")
         ->excludes("--checkpoint");
     run->add_flag("--retrain", run_options.retrain,
                   "train a new model (saved as <out>/fashion-cnn.pt) instead of loading one")
@@ -244,8 +247,9 @@ int main(int argc, char** argv) {
     run->add_option("--test-subset", run_options.test_subset,
                     "evaluate on only the first N test images (quick checks)")
         ->check(kNonNegative);
-    run->footer("Example: edgeq run --out out\n"
-                "         edgeq run --retrain --epochs 20 --seed 7 --out out-seed7");
+    run->footer(
+        "Example: edgeq run --out out\n"
+        "         edgeq run --retrain --epochs 20 --seed 7 --out out-seed7");
 
     // edgeq train
     std::string train_checkpoint = "out/fashion-cnn.pt";
@@ -260,7 +264,8 @@ int main(int argc, char** argv) {
     std::string export_checkpoint = kDefaultCheckpoint;
     std::string export_state_dict_path;
     std::string export_output = std::string("out/") + kFloatModelFile;
-    CLI::App* export_command = app.add_subcommand("export", "export a checkpoint to ONNX (opset 13)");
+    CLI::App* export_command =
+        app.add_subcommand("export", "export a checkpoint to ONNX (opset 13)");
     export_command->add_option("--checkpoint", export_checkpoint, "edgeq checkpoint")
         ->capture_default_str();
     export_command
@@ -339,7 +344,7 @@ int main(int argc, char** argv) {
         spdlog::error("edgeq: error: {}", error.what());
         return static_cast<int>(error.code());
     } catch (const std::exception& error) {
-        // libtorch appends a multi-line C++ backtrace to its messages; the first line says it.
+        // libtorch appends a multi-line C++ backtrace to its messages; the first line is the error.
         const std::string message = error.what();
         spdlog::error("edgeq: internal error: {}", message.substr(0, message.find('\n')));
         return static_cast<int>(ExitCode::kInternal);

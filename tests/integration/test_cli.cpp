@@ -1,6 +1,5 @@
 // The edgeq CLI end to end: a small run on a subset of the real data, the acceptance figures
 // with the repository's checkpoint, byte-identical artifacts, and bad input.
-#include <zlib.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -22,9 +21,13 @@ constexpr double kMinimumFp32Accuracy = 0.920;
 constexpr double kMinimumInt8Accuracy = 0.915;
 constexpr double kMaximumInt8Drop = 0.005;
 
-std::string cli() { return test::cli_path().string(); }
+std::string cli() {
+    return test::cli_path().string();
+}
 
-json read_json(const fs::path& path) { return json::parse(read_file(path)); }
+json read_json(const fs::path& path) {
+    return json::parse(read_file(path));
+}
 
 std::vector<std::string> files_in(const fs::path& folder) {
     std::vector<std::string> names;
@@ -44,20 +47,7 @@ int count_lines(const std::string& text) {
 
 void write_idx_gzip(const fs::path& path, uint32_t magic, const std::vector<uint32_t>& dimensions,
                     const std::vector<uint8_t>& data) {
-    std::vector<uint8_t> bytes;
-    auto put_u32 = [&](uint32_t value) {
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            bytes.push_back(static_cast<uint8_t>(value >> shift));
-        }
-    };
-    put_u32(magic);
-    for (const uint32_t size : dimensions) {
-        put_u32(size);
-    }
-    bytes.insert(bytes.end(), data.begin(), data.end());
-    gzFile file = gzopen(path.c_str(), "wb");
-    gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size()));
-    gzclose(file);
+    ASSERT_TRUE(test::write_gzip_file(path, test::make_idx_bytes(magic, dimensions, data))) << path;
 }
 
 // Writes Fashion-MNIST-shaped files with `train` and `test` images into `folder`.
@@ -141,10 +131,10 @@ TEST(CliRun, SmallEndToEndOnSubset) {
         EXPECT_TRUE(metrics["stage_seconds"].contains(stage)) << stage;
     }
 
-    for (const char* file : {"fashion-mnist.onnx", "fashion-mnist.qdq.U8S8.onnx", "fashion-cnn.pt",
-                             "fashion-cnn.json", "confusion_matrix_fp32.csv",
-                             "confusion_matrix_int8.csv", "predictions.csv",
-                             "quantization_report.json"}) {
+    for (const char* file :
+         {"fashion-mnist.onnx", "fashion-mnist.qdq.U8S8.onnx", "fashion-cnn.pt", "fashion-cnn.json",
+          "confusion_matrix_fp32.csv", "confusion_matrix_int8.csv", "predictions.csv",
+          "quantization_report.json"}) {
         EXPECT_TRUE(fs::exists(out / file)) << file;
     }
     const std::string confusion = read_file(out / "confusion_matrix_int8.csv");
@@ -208,10 +198,10 @@ TEST(CliBadInput, TruncatedGzip) {
     const std::string bytes = read_file(labels);
     write_file_atomic(labels, bytes.substr(0, bytes.size() / 2));
 
-    const FailedRun run = run_expecting_failure(
-        "run --data " + (folder / "data").string() + " --calibration-count 50 --out " +
-            (folder / "out").string(),
-        folder / "out");
+    const FailedRun run =
+        run_expecting_failure("run --data " + (folder / "data").string() +
+                                  " --calibration-count 50 --out " + (folder / "out").string(),
+                              folder / "out");
     expect_clean_failure(run, 3, {"t10k-labels-idx1-ubyte.gz", "truncated"});
 }
 
@@ -223,10 +213,10 @@ TEST(CliBadInput, WrongMagicNumber) {
                   folder / "data" / "t10k-images-idx3-ubyte.gz",
                   fs::copy_options::overwrite_existing);
 
-    const FailedRun run = run_expecting_failure(
-        "run --data " + (folder / "data").string() + " --calibration-count 50 --out " +
-            (folder / "out").string(),
-        folder / "out");
+    const FailedRun run =
+        run_expecting_failure("run --data " + (folder / "data").string() +
+                                  " --calibration-count 50 --out " + (folder / "out").string(),
+                              folder / "out");
     expect_clean_failure(run, 3, {"t10k-images-idx3-ubyte.gz", "magic number"});
 }
 
@@ -236,10 +226,10 @@ TEST(CliBadInput, ImageAndLabelCountsDiffer) {
     write_idx_gzip(folder / "data" / "train-labels-idx1-ubyte.gz", 0x801, {199},
                    std::vector<uint8_t>(199, 1));
 
-    const FailedRun run = run_expecting_failure(
-        "run --data " + (folder / "data").string() + " --calibration-count 50 --out " +
-            (folder / "out").string(),
-        folder / "out");
+    const FailedRun run =
+        run_expecting_failure("run --data " + (folder / "data").string() +
+                                  " --calibration-count 50 --out " + (folder / "out").string(),
+                              folder / "out");
     expect_clean_failure(run, 3, {"200 images", "199 labels"});
 }
 
@@ -258,10 +248,9 @@ TEST(CliBadInput, UnwritableOutputFolder) {
     write_file_atomic(folder / "blocker", "not a folder");
     const fs::path out = folder / "blocker" / "out";
 
-    const FailedRun run = run_expecting_failure(
-        "run --data " + (folder / "data").string() + " --calibration-count 50 --out " +
-            out.string(),
-        out);
+    const FailedRun run = run_expecting_failure("run --data " + (folder / "data").string() +
+                                                    " --calibration-count 50 --out " + out.string(),
+                                                out);
     expect_clean_failure(run, 4, {out.string(), "--out"});
 }
 
@@ -289,10 +278,10 @@ TEST(CliBadInput, StateDictWithWrongShape) {
 TEST(CliBadInput, UnknownExecutionProvider) {
     ScratchFolder folder("bad-ep");
     write_small_dataset(folder / "data", 200, 50);
-    const FailedRun run = run_expecting_failure(
-        "eval --data " + (folder / "data").string() + " --ep tpu -m " +
-            (folder / "absent.onnx").string(),
-        folder / "out");
+    const FailedRun run =
+        run_expecting_failure("eval --data " + (folder / "data").string() + " --ep tpu -m " +
+                                  (folder / "absent.onnx").string(),
+                              folder / "out");
     EXPECT_EQ(run.exit_code, 2) << run.stderr_text;
     EXPECT_EQ(count_lines(run.stderr_text), 1) << run.stderr_text;
     EXPECT_NE(run.stderr_text.find("tpu"), std::string::npos) << run.stderr_text;
@@ -302,10 +291,10 @@ TEST(CliBadInput, VitisAiWithoutProvider) {
     // The official Linux ONNX Runtime has no Vitis AI EP; the run must stop before any stage.
     ScratchFolder folder("no-vitisai");
     write_small_dataset(folder / "data", 200, 50);
-    const FailedRun run = run_expecting_failure(
-        "run --ep vitisai --data " + (folder / "data").string() +
-            " --calibration-count 50 --out " + (folder / "out").string(),
-        folder / "out");
+    const FailedRun run =
+        run_expecting_failure("run --ep vitisai --data " + (folder / "data").string() +
+                                  " --calibration-count 50 --out " + (folder / "out").string(),
+                              folder / "out");
     if (run.exit_code == 0) {
         GTEST_SKIP() << "this ONNX Runtime has the Vitis AI execution provider";
     }
@@ -326,10 +315,10 @@ TEST(CliBadInput, CheckpointNamedLikeMetadata) {
     ScratchFolder folder("json-checkpoint");
     write_small_dataset(folder / "data", 200, 50);
     // Rejected before training starts, so the test takes no training time.
-    const FailedRun run = run_expecting_failure(
-        "train --data " + (folder / "data").string() + " --calibration-count 50 --checkpoint " +
-            (folder / "out" / "model.json").string(),
-        folder / "out");
+    const FailedRun run = run_expecting_failure("train --data " + (folder / "data").string() +
+                                                    " --calibration-count 50 --checkpoint " +
+                                                    (folder / "out" / "model.json").string(),
+                                                folder / "out");
     expect_clean_failure(run, 2, {"model.json", "metadata"});
 }
 

@@ -42,8 +42,8 @@ LabelledImages make_synthetic_images(int64_t count, uint64_t seed) {
         const double radius = 3 + 6 * uniform(generator);
         for (int64_t y = 0; y < kImageSide; ++y) {
             for (int64_t x = 0; x < kImageSide; ++x) {
-                const double distance =
-                    std::hypot(static_cast<double>(x) - center_x, static_cast<double>(y) - center_y);
+                const double distance = std::hypot(static_cast<double>(x) - center_x,
+                                                   static_cast<double>(y) - center_y);
                 const double value = 255.0 * std::exp(-distance * distance / (radius * radius));
                 images.pixels[static_cast<size_t>(n * kImageSize + y * kImageSide + x)] =
                     static_cast<uint8_t>(std::lround(value));

@@ -2,6 +2,7 @@
 
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <array>
 #include <atomic>
@@ -13,9 +14,8 @@ namespace fs = std::filesystem;
 
 ScratchFolder::ScratchFolder(const std::string& label) {
     static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("edgeq-test-" + label + "-" + std::to_string(::getpid()) + "-" +
-             std::to_string(counter++));
+    path_ = fs::temp_directory_path() / ("edgeq-test-" + label + "-" + std::to_string(::getpid()) +
+                                         "-" + std::to_string(counter++));
     fs::remove_all(path_);
     fs::create_directories(path_);
 }
@@ -33,8 +33,37 @@ fs::path fashion_mnist_folder() {
     return fs::exists(debian / "t10k-images-idx3-ubyte.gz") ? debian : fs::path{};
 }
 
-fs::path source_dir() { return EDGEQ_SOURCE_DIR; }
-fs::path cli_path() { return EDGEQ_CLI_PATH; }
+std::vector<uint8_t> make_idx_bytes(uint32_t magic, const std::vector<uint32_t>& dimensions,
+                                    const std::vector<uint8_t>& data) {
+    std::vector<uint8_t> bytes;
+    auto put_u32 = [&](uint32_t value) {
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            bytes.push_back(static_cast<uint8_t>(value >> shift));
+        }
+    };
+    put_u32(magic);
+    for (const uint32_t size : dimensions) {
+        put_u32(size);
+    }
+    bytes.insert(bytes.end(), data.begin(), data.end());
+    return bytes;
+}
+
+bool write_gzip_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
+    gzFile file = gzopen(path.c_str(), "wb");
+    if (file == nullptr) {
+        return false;
+    }
+    const int written = gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size()));
+    return gzclose(file) == Z_OK && written == static_cast<int>(bytes.size());
+}
+
+fs::path source_dir() {
+    return EDGEQ_SOURCE_DIR;
+}
+fs::path cli_path() {
+    return EDGEQ_CLI_PATH;
+}
 
 namespace {
 

@@ -1,14 +1,16 @@
 // Helpers shared by the tests: scratch folders, the real data set, and running the CLI.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace edgeq::test {
 
 // A fresh, empty folder under the system temporary folder, removed when the object goes away.
 class ScratchFolder {
-public:
+  public:
     explicit ScratchFolder(const std::string& label);
     ~ScratchFolder();
     ScratchFolder(const ScratchFolder&) = delete;
@@ -17,7 +19,7 @@ public:
     const std::filesystem::path& path() const { return path_; }
     std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
@@ -33,6 +35,13 @@ struct CommandResult {
     int exit_code = -1;
     std::string output;  // stdout and stderr together
 };
+
+// The bytes of an IDX file: big-endian magic number and dimensions, then `data`.
+std::vector<uint8_t> make_idx_bytes(uint32_t magic, const std::vector<uint32_t>& dimensions,
+                                    const std::vector<uint8_t>& data);
+
+// Writes `bytes` gzip-compressed to `path`; returns false when zlib fails.
+bool write_gzip_file(const std::filesystem::path& path, const std::vector<uint8_t>& bytes);
 
 // Runs a shell command and captures its output (stdout and stderr together).
 CommandResult run_command(const std::string& command);

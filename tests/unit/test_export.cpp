@@ -5,9 +5,9 @@
 #include <cmath>
 
 #include "edgeq/common/files.h"
+#include "edgeq/model/train.h"
 #include "edgeq/onnx/export.h"
 #include "edgeq/onnx/model_io.h"
-#include "edgeq/model/train.h"
 #include "edgeq/runtime/ort_session.h"
 #include "support/model_support.h"
 #include "support/test_support.h"
@@ -34,8 +34,8 @@ TEST(Exporter, GraphHasTenNodesInOrder) {
     for (const onnx::NodeProto& node : exported.graph().node()) {
         op_types.push_back(node.op_type());
     }
-    const std::vector<std::string> expected = {"Conv", "Relu", "MaxPool", "Conv",  "Relu",
-                                               "MaxPool", "Reshape", "Gemm", "Gemm", "Gemm"};
+    const std::vector<std::string> expected = {"Conv",    "Relu",    "MaxPool", "Conv", "Relu",
+                                               "MaxPool", "Reshape", "Gemm",    "Gemm", "Gemm"};
     EXPECT_EQ(op_types, expected);
 }
 

@@ -1,6 +1,5 @@
 // IDX reader and Fashion-MNIST loader on files the tests write themselves: good files in both
 // encodings, and each kind of damage the reader must name.
-#include <zlib.h>
 
 #include <gtest/gtest.h>
 
@@ -17,33 +16,14 @@ namespace {
 namespace fs = std::filesystem;
 using test::ScratchFolder;
 
-std::vector<uint8_t> idx_bytes(uint32_t magic, const std::vector<uint32_t>& dimensions,
-                               const std::vector<uint8_t>& data) {
-    std::vector<uint8_t> bytes;
-    auto put_u32 = [&](uint32_t value) {
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            bytes.push_back(static_cast<uint8_t>(value >> shift));
-        }
-    };
-    put_u32(magic);
-    for (const uint32_t size : dimensions) {
-        put_u32(size);
-    }
-    bytes.insert(bytes.end(), data.begin(), data.end());
-    return bytes;
-}
-
 void write_plain(const fs::path& path, const std::vector<uint8_t>& bytes) {
     std::ofstream stream(path, std::ios::binary);
-    stream.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    stream.write(reinterpret_cast<const char*>(bytes.data()),
+                 static_cast<std::streamsize>(bytes.size()));
 }
 
 void write_gzip(const fs::path& path, const std::vector<uint8_t>& bytes) {
-    gzFile file = gzopen(path.c_str(), "wb");
-    ASSERT_NE(file, nullptr);
-    ASSERT_EQ(gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size())),
-              static_cast<int>(bytes.size()));
-    ASSERT_EQ(gzclose(file), Z_OK);
+    ASSERT_TRUE(test::write_gzip_file(path, bytes)) << path;
 }
 
 std::vector<uint8_t> image_pixels(uint32_t count) {
@@ -69,7 +49,7 @@ std::string error_message(Action action) {
 TEST(IdxReader, ReadsPlainImages) {
     ScratchFolder folder("idx");
     const std::vector<uint8_t> pixels = image_pixels(3);
-    write_plain(folder / "images", idx_bytes(0x00000803, {3, 28, 28}, pixels));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000803, {3, 28, 28}, pixels));
 
     const IdxImages images = read_idx_images(folder / "images");
     EXPECT_EQ(images.count, 3);
@@ -81,8 +61,8 @@ TEST(IdxReader, ReadsPlainImages) {
 TEST(IdxReader, ReadsGzipImagesAndLabels) {
     ScratchFolder folder("idx");
     const std::vector<uint8_t> pixels = image_pixels(2);
-    write_gzip(folder / "images.gz", idx_bytes(0x00000803, {2, 28, 28}, pixels));
-    write_gzip(folder / "labels.gz", idx_bytes(0x00000801, {2}, {9, 0}));
+    write_gzip(folder / "images.gz", test::make_idx_bytes(0x00000803, {2, 28, 28}, pixels));
+    write_gzip(folder / "labels.gz", test::make_idx_bytes(0x00000801, {2}, {9, 0}));
 
     EXPECT_EQ(read_idx_images(folder / "images.gz").pixels, pixels);
     EXPECT_EQ(read_idx_labels(folder / "labels.gz"), (std::vector<uint8_t>{9, 0}));
@@ -91,7 +71,7 @@ TEST(IdxReader, ReadsGzipImagesAndLabels) {
 TEST(IdxReader, RejectsWrongMagic) {
     ScratchFolder folder("idx");
     // A label file (IDX1) where an image file (IDX3) is expected.
-    write_plain(folder / "images", idx_bytes(0x00000801, {2}, {1, 2}));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000801, {2}, {1, 2}));
     const std::string message = error_message([&] { read_idx_images(folder / "images"); });
     EXPECT_NE(message.find("magic number 0x00000801"), std::string::npos) << message;
     EXPECT_NE(message.find((folder / "images").string()), std::string::npos) << message;
@@ -99,13 +79,14 @@ TEST(IdxReader, RejectsWrongMagic) {
 
 TEST(IdxReader, RejectsTruncatedGzip) {
     ScratchFolder folder("idx");
-    write_gzip(folder / "full.gz", idx_bytes(0x00000803, {4, 28, 28}, image_pixels(4)));
+    write_gzip(folder / "full.gz", test::make_idx_bytes(0x00000803, {4, 28, 28}, image_pixels(4)));
     const std::string full = [&] {
         std::ifstream stream(folder / "full.gz", std::ios::binary);
         return std::string(std::istreambuf_iterator<char>(stream), {});
     }();
-    write_plain(folder / "cut.gz",
-                std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(full.size() / 2)));
+    write_plain(
+        folder / "cut.gz",
+        std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(full.size() / 2)));
 
     const std::string message = error_message([&] { read_idx_images(folder / "cut.gz"); });
     EXPECT_NE(message.find("cut.gz"), std::string::npos) << message;
@@ -116,14 +97,14 @@ TEST(IdxReader, RejectsDataShorterThanHeader) {
     ScratchFolder folder("idx");
     std::vector<uint8_t> pixels = image_pixels(3);
     pixels.resize(pixels.size() - 10);
-    write_plain(folder / "images", idx_bytes(0x00000803, {3, 28, 28}, pixels));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000803, {3, 28, 28}, pixels));
     const std::string message = error_message([&] { read_idx_images(folder / "images"); });
     EXPECT_NE(message.find("truncated"), std::string::npos) << message;
 }
 
 TEST(IdxReader, RejectsExtraBytes) {
     ScratchFolder folder("idx");
-    write_plain(folder / "labels", idx_bytes(0x00000801, {2}, {1, 2, 3}));
+    write_plain(folder / "labels", test::make_idx_bytes(0x00000801, {2}, {1, 2, 3}));
     const std::string message = error_message([&] { read_idx_labels(folder / "labels"); });
     EXPECT_NE(message.find("extra bytes"), std::string::npos) << message;
 }
@@ -148,8 +129,8 @@ TEST(IdxReader, MissingFileIsIoError) {
 
 TEST(LabelledImages, RejectsCountMismatch) {
     ScratchFolder folder("idx");
-    write_plain(folder / "images", idx_bytes(0x00000803, {3, 28, 28}, image_pixels(3)));
-    write_plain(folder / "labels", idx_bytes(0x00000801, {2}, {1, 2}));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000803, {3, 28, 28}, image_pixels(3)));
+    write_plain(folder / "labels", test::make_idx_bytes(0x00000801, {2}, {1, 2}));
     const std::string message =
         error_message([&] { load_labelled_images(folder / "images", folder / "labels"); });
     EXPECT_NE(message.find("3 images"), std::string::npos) << message;
@@ -158,8 +139,8 @@ TEST(LabelledImages, RejectsCountMismatch) {
 
 TEST(LabelledImages, RejectsLabelAboveNine) {
     ScratchFolder folder("idx");
-    write_plain(folder / "images", idx_bytes(0x00000803, {2, 28, 28}, image_pixels(2)));
-    write_plain(folder / "labels", idx_bytes(0x00000801, {2}, {3, 10}));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000803, {2, 28, 28}, image_pixels(2)));
+    write_plain(folder / "labels", test::make_idx_bytes(0x00000801, {2}, {3, 10}));
     const std::string message =
         error_message([&] { load_labelled_images(folder / "images", folder / "labels"); });
     EXPECT_NE(message.find("label 10 at index 1"), std::string::npos) << message;
@@ -167,8 +148,8 @@ TEST(LabelledImages, RejectsLabelAboveNine) {
 
 TEST(LabelledImages, RejectsWrongImageSize) {
     ScratchFolder folder("idx");
-    write_plain(folder / "images", idx_bytes(0x00000803, {1, 32, 32}, std::vector<uint8_t>(1024)));
-    write_plain(folder / "labels", idx_bytes(0x00000801, {1}, {1}));
+    write_plain(folder / "images", test::make_idx_bytes(0x00000803, {1, 32, 32}, std::vector<uint8_t>(1024)));
+    write_plain(folder / "labels", test::make_idx_bytes(0x00000801, {1}, {1}));
     const std::string message =
         error_message([&] { load_labelled_images(folder / "images", folder / "labels"); });
     EXPECT_NE(message.find("32x32"), std::string::npos) << message;

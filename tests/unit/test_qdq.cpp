@@ -40,7 +40,8 @@ QuantizedFixture quantize_random_model(const QuantizeOptions& options, uint64_t 
     return fixture;
 }
 
-std::map<std::string, const onnx::TensorProto*> initializers_by_name(const onnx::ModelProto& model) {
+std::map<std::string, const onnx::TensorProto*> initializers_by_name(
+    const onnx::ModelProto& model) {
     std::map<std::string, const onnx::TensorProto*> result;
     for (const onnx::TensorProto& tensor : model.graph().initializer()) {
         result[tensor.name()] = &tensor;

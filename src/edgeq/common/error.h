@@ -1,8 +1,8 @@
 // Error type of the edgeq library and the process exit codes the CLI maps it to.
 //
 // Every error the user can cause (bad data, a bad model file, an unwritable folder) is thrown as
-// edgeq::Error with a one-line message that names the file or node, says what is wrong and how to
-// fix it. Broken invariants of our own are asserts, not Errors.
+// edgeq::Error with a one-line message that names the file or node, what is wrong and how to fix
+// it. Broken invariants of our own are asserts, not Errors.
 #pragma once
 
 #include <stdexcept>
@@ -23,11 +23,11 @@ enum class ExitCode : int {
 };
 
 class Error : public std::runtime_error {
-public:
+  public:
     Error(ExitCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
     ExitCode code() const { return code_; }
 
-private:
+  private:
     ExitCode code_;
 };
 

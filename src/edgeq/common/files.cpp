@@ -74,8 +74,8 @@ void check_output_file(const fs::path& path, std::string_view option) {
              path.string(), option);
     }
     if (fs::is_directory(path)) {
-        fail(ExitCode::kIo, "output path '{}' is a folder; give a file name with {}",
-             path.string(), option);
+        fail(ExitCode::kIo, "output path '{}' is a folder; give a file name with {}", path.string(),
+             option);
     }
     ensure_writable_folder(path.has_parent_path() ? path.parent_path() : fs::path("."), option);
 }

@@ -13,7 +13,7 @@ namespace {
 
 // Writes each message to stdout or stderr by level.
 class SplitConsoleSink : public spdlog::sinks::base_sink<std::mutex> {
-protected:
+  protected:
     void sink_it_(const spdlog::details::log_msg& message) override {
         spdlog::memory_buf_t formatted;
         formatter_->format(message, formatted);

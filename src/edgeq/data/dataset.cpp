@@ -5,6 +5,7 @@
 #include <random>
 
 #include "edgeq/common/error.h"
+#include "edgeq/common/random.h"
 #include "edgeq/data/idx.h"
 
 namespace edgeq {
@@ -25,17 +26,6 @@ fs::path find_data_file(const fs::path& folder, const std::string& stem) {
          (folder / stem).string(), (folder / stem).string());
 }
 
-// Uniform integer in [0, bound) from the raw 64-bit output, by rejection, so the result does not
-// depend on the standard library's distribution classes (whose algorithms are unspecified).
-uint64_t uniform_below(std::mt19937_64& generator, uint64_t bound) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-    uint64_t value = generator();
-    while (value >= limit) {
-        value = generator();
-    }
-    return value % bound;
-}
-
 }  // namespace
 
 LabelledImages load_labelled_images(const fs::path& images_path, const fs::path& labels_path) {
@@ -54,7 +44,8 @@ LabelledImages load_labelled_images(const fs::path& images_path, const fs::path&
     }
     for (size_t i = 0; i < labels.size(); ++i) {
         if (labels[i] >= kFashionClassCount) {
-            fail(ExitCode::kInvalidInput, "label file '{}' has label {} at index {}; labels must be 0..9",
+            fail(ExitCode::kInvalidInput,
+                 "label file '{}' has label {} at index {}; labels must be 0..9",
                  labels_path.string(), labels[i], i);
         }
     }
@@ -65,8 +56,10 @@ namespace {
 
 void check_data_folder(const fs::path& folder) {
     if (fs::exists(folder) && !fs::is_directory(folder)) {
-        fail(ExitCode::kIo, "data path '{}' is a file, not a folder; pass the folder that "
-             "contains the IDX files with --data", folder.string());
+        fail(ExitCode::kIo,
+             "data path '{}' is a file, not a folder; pass the folder that "
+             "contains the IDX files with --data",
+             folder.string());
     }
     if (!fs::is_directory(folder)) {
         fail(ExitCode::kIo,
@@ -103,10 +96,7 @@ TrainCalibrationSplit split_train_calibration(int64_t total, int64_t calibration
     std::vector<int64_t> order(static_cast<size_t>(total));
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 generator(seed);
-    for (int64_t i = total - 1; i > 0; --i) {
-        const auto j = static_cast<int64_t>(uniform_below(generator, static_cast<uint64_t>(i + 1)));
-        std::swap(order[i], order[j]);
-    }
+    shuffle_in_place(std::span<int64_t>(order), generator);
 
     TrainCalibrationSplit split;
     split.calibration.assign(order.begin(), order.begin() + calibration_count);

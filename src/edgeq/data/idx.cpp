@@ -26,8 +26,10 @@ std::vector<uint8_t> read_maybe_gzip(const fs::path& path) {
     }
 
     if (!fs::is_regular_file(path, error)) {
-        fail(ExitCode::kIo, "data path '{}' is not a regular file; pass the folder that contains "
-             "the IDX files with --data", path.string());
+        fail(ExitCode::kIo,
+             "data path '{}' is not a regular file; pass the folder that contains "
+             "the IDX files with --data",
+             path.string());
     }
 
     gzFile file = gzopen(path.c_str(), "rb");
@@ -43,8 +45,9 @@ std::vector<uint8_t> read_maybe_gzip(const fs::path& path) {
             int code = 0;
             const std::string reason = gzerror(file, &code);
             gzclose(file);
-            fail(ExitCode::kInvalidInput, "data file '{}' is corrupt: {}; reinstall or re-download it",
-                 path.string(), reason);
+            fail(ExitCode::kInvalidInput,
+                 "data file '{}' is corrupt: {}; reinstall or re-download it", path.string(),
+                 reason);
         }
         if (read == 0) {
             break;
@@ -55,9 +58,10 @@ std::vector<uint8_t> read_maybe_gzip(const fs::path& path) {
     // gzclose reports Z_BUF_ERROR when the gzip stream ended before its trailer.
     const int close_status = gzclose(file);
     if (close_status != Z_OK) {
-        fail(ExitCode::kInvalidInput,
-             "data file '{}' is truncated (the gzip stream ends early); reinstall or re-download it",
-             path.string());
+        fail(
+            ExitCode::kInvalidInput,
+            "data file '{}' is truncated (the gzip stream ends early); reinstall or re-download it",
+            path.string());
     }
     return bytes;
 }
@@ -100,8 +104,10 @@ std::vector<int64_t> parse_header(const std::vector<uint8_t>& bytes, const fs::p
         dimensions.push_back(size);
         // Three dimensions below 2^31 could overflow int64; no real IDX file comes near 2^40.
         if (element_count > kMaxElements / size) {
-            fail(ExitCode::kInvalidInput, "data file '{}' declares more than 2^40 elements; the "
-                 "header is corrupt", path.string());
+            fail(ExitCode::kInvalidInput,
+                 "data file '{}' declares more than 2^40 elements; the "
+                 "header is corrupt",
+                 path.string());
         }
         element_count *= size;
     }

@@ -59,7 +59,8 @@ ClassificationResult evaluate_classifier(OrtModel& model, const LabelledImages& 
     }
 
     ClassificationResult result = score_predictions(predictions, images.labels);
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return result;
 }
 

@@ -22,7 +22,9 @@ struct ClassificationResult {
     int64_t total = 0;
     double seconds = 0;  // wall time of the inference
 
-    double accuracy() const { return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+    double accuracy() const {
+        return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
+    }
 };
 
 // Runs `model` over `images` in batches of `batch_size` and scores its top-1 predictions.

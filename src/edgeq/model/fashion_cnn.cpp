@@ -13,7 +13,9 @@ namespace nn = torch::nn;
 namespace {
 
 // The first line of a c10::Error: libtorch appends a multi-line C++ backtrace.
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+std::string first_line(const std::string& text) {
+    return text.substr(0, text.find('\n'));
+}
 
 nn::Sequential make_conv_block(int64_t in_channels, int64_t out_channels, int64_t padding) {
     return nn::Sequential(
@@ -157,7 +159,8 @@ void save_checkpoint(FashionCnn& model, const fs::path& path) {
 // Python state_dict, which read_pytorch_state_dict parses without running anything.
 FashionCnn load_checkpoint(const fs::path& path) {
     if (!fs::exists(path)) {
-        fail(ExitCode::kIo, "checkpoint '{}' not found; train one with 'edgeq train' or pass --retrain",
+        fail(ExitCode::kIo,
+             "checkpoint '{}' not found; train one with 'edgeq train' or pass --retrain",
              path.string());
     }
 

@@ -3,9 +3,11 @@
 #include <chrono>
 #include <cmath>
 #include <numbers>
+#include <numeric>
 #include <random>
 
 #include "edgeq/common/error.h"
+#include "edgeq/common/random.h"
 
 namespace edgeq {
 
@@ -30,8 +32,8 @@ void augment_image(const uint8_t* source, float* destination, int dx, int dy, bo
             if (flip) {
                 source_x = kImageSide - 1 - source_x;
             }
-            const bool inside = source_y >= 0 && source_y < kImageSide && source_x >= 0 &&
-                                source_x < kImageSide;
+            const bool inside =
+                source_y >= 0 && source_y < kImageSide && source_x >= 0 && source_x < kImageSide;
             destination[y * kImageSide + x] =
                 inside ? static_cast<float>(source[source_y * kImageSide + source_x]) / 255.0f
                        : 0.0f;
@@ -39,22 +41,11 @@ void augment_image(const uint8_t* source, float* destination, int dx, int dy, bo
     }
 }
 
-// Uniform integer in [0, bound) from the raw generator output (see dataset.cpp for why).
-uint64_t draw_below(std::mt19937_64& generator, uint64_t bound) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-    uint64_t value = generator();
-    while (value >= limit) {
-        value = generator();
-    }
-    return value % bound;
-}
-
 }  // namespace
 
-std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImages& train,
-                                          const LabelledImages& held_out,
-                                          const TrainOptions& options,
-                                          const std::function<void(const EpochStats&)>& on_epoch_end) {
+std::vector<EpochStats> train_fashion_cnn(
+    FashionCnn& model, const LabelledImages& train, const LabelledImages& held_out,
+    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end) {
     torch::manual_seed(options.seed);
     std::mt19937_64 generator(options.seed);
 
@@ -63,8 +54,10 @@ std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImage
     const int64_t train_count = train.size();
     const int64_t batch_count = train_count / options.batch_size;  // drops a final partial batch
     if (batch_count == 0) {
-        fail(ExitCode::kUsage, "batch size {} is larger than the {} training images; lower "
-             "--batch-size", options.batch_size, train_count);
+        fail(ExitCode::kUsage,
+             "batch size {} is larger than the {} training images; lower "
+             "--batch-size",
+             options.batch_size, train_count);
     }
     if (!(options.learning_rate > 0) || !(options.final_learning_rate >= 0)) {
         fail(ExitCode::kUsage, "learning rates must be positive (got --lr {}, --final-lr {})",
@@ -84,13 +77,9 @@ std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImage
             static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
         }
 
-        // Fisher-Yates shuffle of the training order for this epoch.
-        for (int64_t i = 0; i < train_count; ++i) {
-            order[i] = i;
-        }
-        for (int64_t i = train_count - 1; i > 0; --i) {
-            std::swap(order[i], order[draw_below(generator, static_cast<uint64_t>(i + 1))]);
-        }
+        // A new training order for every epoch.
+        std::iota(order.begin(), order.end(), int64_t{0});
+        shuffle_in_place(std::span<int64_t>(order), generator);
 
         model->train();
         double loss_sum = 0;
@@ -99,14 +88,18 @@ std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImage
             for (int64_t i = 0; i < options.batch_size; ++i) {
                 const int64_t index = order[b * options.batch_size + i];
                 const uint64_t shift_range = 2 * options.max_shift + 1;
-                const int dx = static_cast<int>(draw_below(generator, shift_range)) - options.max_shift;
-                const int dy = static_cast<int>(draw_below(generator, shift_range)) - options.max_shift;
-                const bool flip = options.horizontal_flip && draw_below(generator, 2) == 1;
-                augment_image(train.image(index), batch_images.data() + i * kImageSize, dx, dy, flip);
+                const int dx =
+                    static_cast<int>(uniform_below(generator, shift_range)) - options.max_shift;
+                const int dy =
+                    static_cast<int>(uniform_below(generator, shift_range)) - options.max_shift;
+                const bool flip = options.horizontal_flip && uniform_below(generator, 2) == 1;
+                augment_image(train.image(index), batch_images.data() + i * kImageSize, dx, dy,
+                              flip);
                 batch_labels[i] = train.labels[index];
             }
-            const torch::Tensor images = torch::from_blob(
-                batch_images.data(), {options.batch_size, 1, kImageSide, kImageSide}, torch::kFloat32);
+            const torch::Tensor images =
+                torch::from_blob(batch_images.data(),
+                                 {options.batch_size, 1, kImageSide, kImageSide}, torch::kFloat32);
             const torch::Tensor labels =
                 torch::from_blob(batch_labels.data(), {options.batch_size}, torch::kInt64);
 

@@ -22,20 +22,19 @@ struct TrainOptions {
 };
 
 struct EpochStats {
-    int epoch = 0;                // 1-based
-    double learning_rate = 0;     // used during this epoch
-    double train_loss = 0;        // mean cross-entropy over the epoch's batches
-    double train_accuracy = 0;    // on the augmented training batches, in dropout mode
-    double held_out_accuracy = 0; // on the held-out images, eval mode, no augmentation
+    int epoch = 0;                 // 1-based
+    double learning_rate = 0;      // used during this epoch
+    double train_loss = 0;         // mean cross-entropy over the epoch's batches
+    double train_accuracy = 0;     // on the augmented training batches, in dropout mode
+    double held_out_accuracy = 0;  // on the held-out images, eval mode, no augmentation
     double seconds = 0;
 };
 
 // Trains `model` in place on `train` and measures `held_out` after each epoch. Calls
 // `on_epoch_end` with each epoch's statistics (for progress output) and returns them all.
-std::vector<EpochStats> train_fashion_cnn(FashionCnn& model, const LabelledImages& train,
-                                          const LabelledImages& held_out,
-                                          const TrainOptions& options,
-                                          const std::function<void(const EpochStats&)>& on_epoch_end);
+std::vector<EpochStats> train_fashion_cnn(
+    FashionCnn& model, const LabelledImages& train, const LabelledImages& held_out,
+    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end);
 
 // Runs `model` in eval mode over `images` and returns the logits [count, 10], row-major.
 std::vector<float> predict_logits(FashionCnn& model, const LabelledImages& images,

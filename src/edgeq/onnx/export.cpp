@@ -72,18 +72,17 @@ std::string add_conv_block(onnx::GraphProto& graph, const StateDict& weights,
                            const std::string& block, const std::string& input, int64_t padding) {
     const auto [weight_name, bias_name] = add_folded_conv(graph, weights, block);
     const std::string prefix = "/" + block;
-    std::string x = add_node(graph, "Conv", prefix + "/Conv", {input, weight_name, bias_name},
-                             prefix + "/Conv_output_0",
-                             {make_ints_attribute("dilations", {1, 1}),
-                              make_int_attribute("group", 1),
-                              make_ints_attribute("kernel_shape", {3, 3}),
-                              make_ints_attribute("pads", {padding, padding, padding, padding}),
-                              make_ints_attribute("strides", {1, 1})});
+    std::string x = add_node(
+        graph, "Conv", prefix + "/Conv", {input, weight_name, bias_name}, prefix + "/Conv_output_0",
+        {make_ints_attribute("dilations", {1, 1}), make_int_attribute("group", 1),
+         make_ints_attribute("kernel_shape", {3, 3}),
+         make_ints_attribute("pads", {padding, padding, padding, padding}),
+         make_ints_attribute("strides", {1, 1})});
     x = add_node(graph, "Relu", prefix + "/Relu", {x}, prefix + "/Relu_output_0");
-    return add_node(graph, "MaxPool", prefix + "/MaxPool", {x}, prefix + "/MaxPool_output_0",
-                    {make_ints_attribute("kernel_shape", {2, 2}),
-                     make_ints_attribute("pads", {0, 0, 0, 0}),
-                     make_ints_attribute("strides", {2, 2})});
+    return add_node(
+        graph, "MaxPool", prefix + "/MaxPool", {x}, prefix + "/MaxPool_output_0",
+        {make_ints_attribute("kernel_shape", {2, 2}), make_ints_attribute("pads", {0, 0, 0, 0}),
+         make_ints_attribute("strides", {2, 2})});
 }
 
 std::string add_linear(onnx::GraphProto& graph, const StateDict& weights, const std::string& layer,

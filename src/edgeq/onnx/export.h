@@ -14,7 +14,7 @@
 namespace edgeq {
 
 inline constexpr int64_t kExportOpset = 13;
-inline constexpr int64_t kExportIrVersion = 7;  // the IR version that goes with opset 13
+inline constexpr int64_t kExportIrVersion = 7;     // the IR version that goes with opset 13
 inline constexpr float kBatchNormEpsilon = 1e-5f;  // PyTorch's BatchNorm2d default
 
 // Builds the ONNX model from a FashionCNN state_dict. Callers check its keys and shapes first

@@ -20,8 +20,10 @@ onnx::ModelProto load_onnx_model(const fs::path& path) {
     const std::string bytes = read_file(path);
     onnx::ModelProto model;
     if (bytes.empty() || !model.ParseFromString(bytes) || !model.has_graph()) {
-        fail(ExitCode::kInvalidInput, "'{}' is not an ONNX model (it does not parse as a ModelProto "
-             "with a graph); pass a .onnx file", path.string());
+        fail(ExitCode::kInvalidInput,
+             "'{}' is not an ONNX model (it does not parse as a ModelProto "
+             "with a graph); pass a .onnx file",
+             path.string());
     }
     return model;
 }

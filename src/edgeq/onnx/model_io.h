@@ -26,7 +26,8 @@ onnx::TensorProto make_float_tensor(const std::string& name, const std::vector<i
                                     const std::vector<float>& values);
 onnx::TensorProto make_int64_tensor(const std::string& name, const std::vector<int64_t>& shape,
                                     const std::vector<int64_t>& values);
-onnx::AttributeProto make_ints_attribute(const std::string& name, const std::vector<int64_t>& values);
+onnx::AttributeProto make_ints_attribute(const std::string& name,
+                                         const std::vector<int64_t>& values);
 onnx::AttributeProto make_int_attribute(const std::string& name, int64_t value);
 onnx::AttributeProto make_float_attribute(const std::string& name, float value);
 

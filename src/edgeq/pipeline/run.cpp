@@ -25,7 +25,7 @@ namespace {
 
 // Wall time of each stage, in the order the stages ran.
 class StageClock {
-public:
+  public:
     void start(const std::string& stage) {
         stage_ = stage;
         started_ = std::chrono::steady_clock::now();
@@ -38,7 +38,7 @@ public:
     }
     const json& seconds() const { return seconds_; }
 
-private:
+  private:
     std::string stage_;
     std::chrono::steady_clock::time_point started_;
     json seconds_ = json::object();
@@ -48,10 +48,9 @@ private:
 // place only when every stage has succeeded, so a failed run leaves earlier results untouched and
 // never mixes the files of two runs.
 class StagedOutput {
-public:
+  public:
     explicit StagedOutput(const fs::path& out_folder)
-        : out_folder_(out_folder),
-          staging_(out_folder / fmt::format(".edgeq-run.{}", ::getpid())) {
+        : out_folder_(out_folder), staging_(out_folder / fmt::format(".edgeq-run.{}", ::getpid())) {
         fs::remove_all(staging_);
         fs::create_directories(staging_);
     }
@@ -88,7 +87,7 @@ public:
         }
     }
 
-private:
+  private:
     fs::path out_folder_;
     fs::path staging_;
 };
@@ -113,9 +112,10 @@ void check_checkpoint_seed(const fs::path& checkpoint, uint64_t seed) {
     try {
         const json metadata = json::parse(read_file(metadata_path));
         if (metadata.contains("seed") && metadata["seed"].get<uint64_t>() != seed) {
-            spdlog::warn("warning: {} was trained with seed {}, but this run splits with seed {}; "
-                         "calibration images may overlap its training images",
-                         checkpoint.string(), metadata["seed"].get<uint64_t>(), seed);
+            spdlog::warn(
+                "warning: {} was trained with seed {}, but this run splits with seed {}; "
+                "calibration images may overlap its training images",
+                checkpoint.string(), metadata["seed"].get<uint64_t>(), seed);
         }
     } catch (const json::exception& error) {
         spdlog::warn("warning: cannot read checkpoint metadata {}: {}", metadata_path.string(),
@@ -136,14 +136,13 @@ FashionCnn obtain_model(const RunOptions& options, const PreparedData& data,
     if (options.retrain) {
         LabelledImages train = first_images(data.train, options.train_subset);
         PreparedData training_data{std::move(train), data.calibration, data.test, data.split};
-        FashionCnn model = train_and_save(training_data, options.train,
-                                          output.staged(kTrainedCheckpointFile),
-                                          options.command_line);
+        FashionCnn model =
+            train_and_save(training_data, options.train, output.staged(kTrainedCheckpointFile),
+                           options.command_line);
         // A trained model is worth keeping even if a later stage fails.
         output.commit_file(kTrainedCheckpointFile);
         output.commit_file(checkpoint_metadata_path(kTrainedCheckpointFile).string());
-        spdlog::info("checkpoint saved as {}",
-                     output.final_path(kTrainedCheckpointFile).string());
+        spdlog::info("checkpoint saved as {}", output.final_path(kTrainedCheckpointFile).string());
         return model;
     }
     if (!fs::exists(options.checkpoint)) {
@@ -181,10 +180,11 @@ json export_and_verify(FashionCnn& model, const LabelledImages& test, const fs::
         within_tolerance = within_tolerance && difference <= allowed;
         max_difference = std::isnan(difference) ? difference : std::max(max_difference, difference);
     }
-    spdlog::info("exported {} ({} nodes); ONNX Runtime vs libtorch on {} test images: max |logit "
-                 "difference| {:.2e} (tolerance {:.0e} relative)",
-                 final_path.string(), exported.graph().node_size(), sample.size(), max_difference,
-                 kExportLogitTolerance);
+    spdlog::info(
+        "exported {} ({} nodes); ONNX Runtime vs libtorch on {} test images: max |logit "
+        "difference| {:.2e} (tolerance {:.0e} relative)",
+        final_path.string(), exported.graph().node_size(), sample.size(), max_difference,
+        kExportLogitTolerance);
     if (!within_tolerance) {
         fail(ExitCode::kInternal,
              "the exported model '{}' disagrees with libtorch (max difference {}, tolerance {} "
@@ -222,8 +222,8 @@ json quantization_report_json(const QdqModel& qdq, const QuantizeOptions& option
 }
 
 void log_quantization_table(const QdqModel& qdq) {
-    spdlog::info("{:<44} {:<10} {:<6} {:>4} {:>12} {:>12}", "tensor", "role", "type", "pos",
-                 "min", "max");
+    spdlog::info("{:<44} {:<10} {:<6} {:>4} {:>12} {:>12}", "tensor", "role", "type", "pos", "min",
+                 "max");
     for (const QuantizedTensor& tensor : qdq.tensors) {
         spdlog::info("{:<44} {:<10} {:<6} {:>4} {:>12.5g} {:>12.5g}{}", tensor.name, tensor.role,
                      quant_type_name(tensor.params.type), tensor.params.position, tensor.min,
@@ -270,8 +270,8 @@ void log_summary(const json& metrics) {
                  metrics["qdq_model"]["nodes"].get<int>());
     std::string stages;
     for (const auto& [stage, seconds] : metrics["stage_seconds"].items()) {
-        stages += fmt::format("{}{} {:.1f} s", stages.empty() ? "" : ", ", stage,
-                              seconds.get<double>());
+        stages +=
+            fmt::format("{}{} {:.1f} s", stages.empty() ? "" : ", ", stage, seconds.get<double>());
     }
     spdlog::info("stage times: {}", stages);
 }
@@ -384,9 +384,10 @@ json run_pipeline(const RunOptions& options) {
 
     output.commit();
     log_summary(metrics);
-    spdlog::info("artifacts in {}/: {}, {}, metrics.json, confusion_matrix_{{fp32,int8}}.csv, "
-                 "predictions.csv, quantization_report.json",
-                 options.out_folder.string(), kFloatModelFile, kQdqModelFile);
+    spdlog::info(
+        "artifacts in {}/: {}, {}, metrics.json, confusion_matrix_{{fp32,int8}}.csv, "
+        "predictions.csv, quantization_report.json",
+        options.out_folder.string(), kFloatModelFile, kQdqModelFile);
     return metrics;
 }
 

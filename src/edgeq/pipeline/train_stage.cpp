@@ -1,7 +1,7 @@
 #include "edgeq/pipeline/train_stage.h"
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
@@ -30,24 +30,27 @@ FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
     // Check the destination before spending minutes on training.
     check_output_file(checkpoint, "--checkpoint");
     if (checkpoint_metadata_path(checkpoint) == checkpoint) {
-        fail(ExitCode::kUsage, "checkpoint '{}' would be overwritten by its own metadata file; "
-             "give it another extension, such as .pt", checkpoint.string());
+        fail(ExitCode::kUsage,
+             "checkpoint '{}' would be overwritten by its own metadata file; "
+             "give it another extension, such as .pt",
+             checkpoint.string());
     }
-    spdlog::info("training FashionCNN: {} images, {} epochs, batch {}, Adam lr {} (cosine to {}), "
-                 "shift {} px, flip {}, seed {}",
-                 data.train.size(), options.epochs, options.batch_size, options.learning_rate,
-                 options.final_learning_rate, options.max_shift, options.horizontal_flip,
-                 options.seed);
+    spdlog::info(
+        "training FashionCNN: {} images, {} epochs, batch {}, Adam lr {} (cosine to {}), "
+        "shift {} px, flip {}, seed {}",
+        data.train.size(), options.epochs, options.batch_size, options.learning_rate,
+        options.final_learning_rate, options.max_shift, options.horizontal_flip, options.seed);
 
     // Seed before the model exists: its initial weights come from libtorch's default generator.
     torch::manual_seed(options.seed);
     FashionCnn model;
     const std::vector<EpochStats> history = train_fashion_cnn(
         model, data.train, data.calibration, options, [&](const EpochStats& stats) {
-            spdlog::info("epoch {:>2}/{}  lr {:.2e}  loss {:.4f}  train acc {:.4f}  "
-                         "held-out acc {:.4f}  {:.1f} s",
-                         stats.epoch, options.epochs, stats.learning_rate, stats.train_loss,
-                         stats.train_accuracy, stats.held_out_accuracy, stats.seconds);
+            spdlog::info(
+                "epoch {:>2}/{}  lr {:.2e}  loss {:.4f}  train acc {:.4f}  "
+                "held-out acc {:.4f}  {:.1f} s",
+                stats.epoch, options.epochs, stats.learning_rate, stats.train_loss,
+                stats.train_accuracy, stats.held_out_accuracy, stats.seconds);
         });
 
     const double test_accuracy = evaluate_accuracy(model, data.test);

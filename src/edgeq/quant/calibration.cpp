@@ -74,7 +74,8 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
     int64_t samples_done = 0;
     int64_t batch_count = 0;
     while (std::optional<CalibrationBatch> batch = reader.next()) {
-        const std::vector<FloatOutput> outputs = runner.run(batch->values, batch->shape, tensor_names);
+        const std::vector<FloatOutput> outputs =
+            runner.run(batch->values, batch->shape, tensor_names);
         for (size_t t = 0; t < tensor_names.size(); ++t) {
             auto& [low, high] = extremes[tensor_names[t]];
             for (const float value : outputs[t].values) {

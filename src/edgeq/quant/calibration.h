@@ -24,7 +24,7 @@ struct CalibrationBatch {
 
 // Supplies calibration batches in a fixed order, like ONNX Runtime's CalibrationDataReader.
 class CalibrationDataReader {
-public:
+  public:
     virtual ~CalibrationDataReader() = default;
     // The next batch, or nothing when the data is exhausted.
     virtual std::optional<CalibrationBatch> next() = 0;
@@ -37,13 +37,13 @@ public:
 // Batches of Fashion-MNIST images [n, 1, 28, 28] in [0, 1], in index order. The last batch is
 // kept even when it is short, so every image counts whatever the batch size.
 class LabelledImagesReader : public CalibrationDataReader {
-public:
+  public:
     LabelledImagesReader(const LabelledImages& images, int64_t batch_size);
     std::optional<CalibrationBatch> next() override;
     void rewind() override { position_ = 0; }
     int64_t sample_count() const override { return images_.size(); }
 
-private:
+  private:
     const LabelledImages& images_;
     int64_t batch_size_;
     int64_t position_ = 0;

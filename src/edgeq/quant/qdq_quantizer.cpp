@@ -16,9 +16,9 @@ namespace edgeq {
 namespace {
 
 // Operators the quantizer places Q/DQ pairs around. Anything else is rejected by name.
-const std::set<std::string> kSupportedOps = {"Conv",    "Gemm",    "MatMul",      "Relu",
-                                             "MaxPool", "Reshape", "Flatten",     "Add",
-                                             "AveragePool", "GlobalAveragePool"};
+const std::set<std::string> kSupportedOps = {
+    "Conv",    "Gemm",    "MatMul", "Relu",        "MaxPool",
+    "Reshape", "Flatten", "Add",    "AveragePool", "GlobalAveragePool"};
 
 // Operators whose float output feeds a following Relu directly on the NPU (no Q/DQ between).
 const std::set<std::string> kFusesWithRelu = {"Conv", "Gemm", "MatMul", "Add"};
@@ -34,9 +34,15 @@ constexpr int kFallbackActivationPosition = 7;
 
 constexpr int kActivationZeroPoint = 128;
 
-std::string quantized_name(const std::string& tensor) { return tensor + "_quantized"; }
-std::string scale_name(const std::string& tensor) { return tensor + "_scale"; }
-std::string zero_point_name(const std::string& tensor) { return tensor + "_zero_point"; }
+std::string quantized_name(const std::string& tensor) {
+    return tensor + "_quantized";
+}
+std::string scale_name(const std::string& tensor) {
+    return tensor + "_scale";
+}
+std::string zero_point_name(const std::string& tensor) {
+    return tensor + "_zero_point";
+}
 
 // The float model's graph, indexed for the rewrite.
 struct GraphIndex {
@@ -154,8 +160,8 @@ onnx::TensorProto quantize_initializer(const onnx::TensorProto& source,
 
 // Everything decided before the graph is rewritten.
 struct QuantizationPlan {
-    std::vector<std::string> activations;         // tensors that get a Q/DQ pair, in graph order
-    std::map<std::string, QuantParams> params;    // activations, weights and biases
+    std::vector<std::string> activations;       // tensors that get a Q/DQ pair, in graph order
+    std::map<std::string, QuantParams> params;  // activations, weights and biases
     std::map<std::string, std::vector<float>> initializer_values;  // weights and biases
 };
 
@@ -202,8 +208,10 @@ void check_supported(const onnx::GraphProto& graph) {
                  node.name(), node.op_type());
         }
         if (!node.domain().empty() && node.domain() != "ai.onnx") {
-            fail(ExitCode::kUnsupported, "node '{}' is in domain '{}'; only standard ONNX "
-                 "operators can be quantized", node.name(), node.domain());
+            fail(ExitCode::kUnsupported,
+                 "node '{}' is in domain '{}'; only standard ONNX "
+                 "operators can be quantized",
+                 node.name(), node.domain());
         }
     }
 }
@@ -229,8 +237,10 @@ void plan_bias(const GraphIndex& index, const onnx::NodeProto& node, const Quant
     }
     const std::string& bias_name = node.input(2);
     if (!index.initializers.contains(bias_name)) {
-        fail(ExitCode::kUnsupported, "node '{}' takes its bias '{}' from another node; the "
-             "quantizer needs a constant bias", node.name(), bias_name);
+        fail(ExitCode::kUnsupported,
+             "node '{}' takes its bias '{}' from another node; the "
+             "quantizer needs a constant bias",
+             node.name(), bias_name);
     }
     if (plan.params.contains(bias_name)) {
         return;  // shared with an earlier layer
@@ -294,9 +304,9 @@ void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
     const int shift_cut = weight_params.position + input_params.position - output_params.position;
     if (shift_cut > kMaxOutputShift) {
         weight_params.position = kMaxOutputShift + output_params.position - input_params.position;
-        weight_note = fmt::format("position lowered from {} so the output shift is {}",
-                                  weight_params.position + shift_cut - kMaxOutputShift,
-                                  kMaxOutputShift);
+        weight_note =
+            fmt::format("position lowered from {} so the output shift is {}",
+                        weight_params.position + shift_cut - kMaxOutputShift, kMaxOutputShift);
     } else if (shift_cut < 0) {
         weight_params.position = output_params.position - input_params.position;
         weight_note = fmt::format("position raised from {} so the output shift is 0 (may clip)",
@@ -340,7 +350,8 @@ void build_qdq_graph(const onnx::GraphProto& source, const GraphIndex& index,
         add_quant_param_initializers(target, tensor, params);
         const std::string quantized = tensor + "_QuantizeLinear_Output";
         *target.add_node() = make_qdq_node("QuantizeLinear", tensor, produced(tensor), quantized);
-        *target.add_node() = make_qdq_node("DequantizeLinear", tensor, quantized, dequantized(tensor));
+        *target.add_node() =
+            make_qdq_node("DequantizeLinear", tensor, quantized, dequantized(tensor));
     };
 
     for (const onnx::ValueInfoProto& input : source.input()) {
@@ -443,9 +454,9 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
         }
         if (range.min == 0.0f && range.max == 0.0f) {
             note = "all zero during calibration; scale chosen arbitrarily";
-            result.warnings.push_back(fmt::format(
-                "tensor '{}' was zero for every calibration image; it gets scale 2^-{}", tensor,
-                params.position));
+            result.warnings.push_back(
+                fmt::format("tensor '{}' was zero for every calibration image; it gets scale 2^-{}",
+                            tensor, params.position));
         }
         plan.params[tensor] = params;
         result.tensors.push_back({tensor, "activation", params, range.min, range.max, note});
@@ -455,7 +466,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
     for (const onnx::NodeProto& node : graph.node()) {
         if (kHasWeights.contains(node.op_type())) {
             if (!plan.params.contains(node.input(0))) {
-                fail(ExitCode::kUnsupported, "node '{}' reads '{}', which is not quantized; the "
+                fail(ExitCode::kUnsupported,
+                     "node '{}' reads '{}', which is not quantized; the "
                      "quantizer needs a quantized input for every weighted layer",
                      node.name(), node.input(0));
             }
@@ -465,7 +477,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
     for (const QuantizedTensor& tensor : result.tensors) {
         if (tensor.role != "activation" && tensor.note.find("saturate") != std::string::npos) {
             result.warnings.push_back(fmt::format("{} '{}' spans [{}, {}]: {}", tensor.role,
-                                                  tensor.name, tensor.min, tensor.max, tensor.note));
+                                                  tensor.name, tensor.min, tensor.max,
+                                                  tensor.note));
         }
     }
 

@@ -9,8 +9,8 @@
 //
 // Every float activation gets a Q/DQ pair (uint8, zero point 128, scale 2^-p). The exception is
 // the output of a Conv, Gemm, MatMul or Add whose only consumer is a Relu: the NPU fuses the two,
-// so the pair goes after the Relu. Weights are int8 initializers read through a DequantizeLinear, and
-// so are biases (int8 with their own power-of-two scale, or int32 with s_input * s_weight).
+// so the pair goes after the Relu. Weights are int8 initializers read through a DequantizeLinear,
+// and so are biases (int8 with their own power-of-two scale, or int32 with s_input * s_weight).
 // MaxPool, Reshape and Flatten only move values, so their outputs share their input's scale.
 #pragma once
 
@@ -27,7 +27,7 @@ namespace edgeq {
 
 enum class BiasMode {
     kInt8PowerOfTwo,  // AMD Quark's XINT8 code: int8, own power-of-two scale, NPU shift limits
-    kInt32,           // int32 with scale s_input * s_weight: finest step, clips only beyond 2^31 steps
+    kInt32,           // int32, scale s_input * s_weight: finest step, clips beyond 2^31 steps
 };
 
 BiasMode parse_bias_mode(const std::string& name);  // "int8" or "int32"

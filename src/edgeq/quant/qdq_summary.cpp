@@ -76,8 +76,8 @@ std::vector<OpTypeQuantization> summarize_qdq_model(const onnx::ModelProto& mode
         }
         OpTypeQuantization& row = rows[node.op_type()];
         row.count += 1;
-        const bool weighted = node.op_type() == "Conv" || node.op_type() == "Gemm" ||
-                              node.op_type() == "MatMul";
+        const bool weighted =
+            node.op_type() == "Conv" || node.op_type() == "Gemm" || node.op_type() == "MatMul";
         for (int i = 0; i < node.input_size(); ++i) {
             const auto found = dequantized_type.find(node.input(i));
             if (found == dequantized_type.end()) {

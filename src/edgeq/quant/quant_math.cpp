@@ -42,7 +42,9 @@ int64_t quant_max(QuantType type) {
     return 0;
 }
 
-float QuantParams::scale() const { return std::ldexp(1.0f, -position); }
+float QuantParams::scale() const {
+    return std::ldexp(1.0f, -position);
+}
 
 double round_half_to_even(double value) {
     // std::nearbyint rounds in the current rounding mode, which is round-to-nearest-even unless a

@@ -29,7 +29,7 @@ int64_t quant_max(QuantType type);
 // Parameters of one per-tensor quantized tensor.
 struct QuantParams {
     QuantType type = QuantType::kUint8;
-    int position = 0;     // scale = 2^-position
+    int position = 0;  // scale = 2^-position
     int zero_point = 0;
     float scale() const;  // 2^-position, exact in float for |position| <= 126
 };

@@ -11,9 +11,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// ONNX Runtime's own log lines go to edgeq's logger at debug level (shown with --verbose):
-// every failure that matters reaches the user as an edgeq error that quotes ONNX Runtime's
-// message, so printing the raw log as well would break the one-line error rule.
+// Forwards ONNX Runtime's own log lines to edgeq's logger at debug level (shown with --verbose).
+// Every failure that matters already reaches the user as an edgeq error quoting ONNX Runtime's
+// message, and printing the raw log too would turn one-line errors into several lines.
 void forward_onnxruntime_log(void* /*param*/, OrtLoggingLevel /*severity*/,
                              const char* /*category*/, const char* /*logid*/,
                              const char* code_location, const char* message) {
@@ -34,8 +34,8 @@ std::string one_line(std::string text) {
 
 // Fills session options for `config`; returns the provider's ONNX Runtime name.
 std::string configure(Ort::SessionOptions& options, const SessionConfig& config) {
-    // ONNX Runtime's default logger lives in the environment; appending a provider before the
-    // environment exists fails with a logger error instead of the provider's own message.
+    // The default logger lives in the environment. Without an environment, appending a provider
+    // fails with a logger error that hides the provider's own message.
     ort_environment();
     if (config.intra_op_threads > 0) {
         options.SetIntraOpNumThreads(config.intra_op_threads);
@@ -147,6 +147,8 @@ void check_execution_provider(const SessionConfig& config) {
     configure(options, config);
 }
 
-std::string onnxruntime_version() { return Ort::GetVersionString(); }
+std::string onnxruntime_version() {
+    return Ort::GetVersionString();
+}
 
 }  // namespace edgeq

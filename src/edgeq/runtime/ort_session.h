@@ -28,7 +28,7 @@ struct FloatOutput {
 };
 
 class OrtModel {
-public:
+  public:
     // Loads a model from a file or from serialized bytes. `label` names the model in errors.
     OrtModel(const std::filesystem::path& path, const SessionConfig& config);
     OrtModel(const std::string& model_bytes, const std::string& label, const SessionConfig& config);
@@ -47,7 +47,7 @@ public:
     // provider that was requested and accepted, not where each node ran.
     const std::string& execution_provider() const { return execution_provider_; }
 
-private:
+  private:
     void finish_setup();
 
     std::string label_;
