@@ -2,6 +2,7 @@
 // library; an error becomes one line on stderr and an exit code (see ExitCode in error.h).
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+#include <cmath>
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
@@ -23,7 +24,9 @@ namespace fs = std::filesystem;
 const CLI::Validator kPositive(
     [](std::string& text) {
         try {
-            return std::stod(text) > 0 ? std::string{} : "must be greater than 0";
+            const double value = std::stod(text);
+            return std::isfinite(value) && value > 0 ? std::string{}
+                                                     : "must be a finite number greater than 0";
         } catch (const std::exception&) {
             return std::string("is not a number");
         }
@@ -32,7 +35,9 @@ const CLI::Validator kPositive(
 const CLI::Validator kNonNegative(
     [](std::string& text) {
         try {
-            return std::stod(text) >= 0 ? std::string{} : "must not be negative";
+            const double value = std::stod(text);
+            return std::isfinite(value) && value >= 0 ? std::string{}
+                                                      : "must be a finite number, 0 or more";
         } catch (const std::exception&) {
             return std::string("is not a number");
         }
@@ -237,13 +242,15 @@ int main(int argc, char** argv) {
         ->excludes("--checkpoint");
     run->add_flag("--retrain", run_options.retrain,
                   "train a new model (saved as <out>/fashion-cnn.pt) instead of loading one")
-        ->excludes("--state-dict");
+        ->excludes("--state-dict")
+        ->excludes("--checkpoint");
     run->add_option("--eval-batch-size", run_options.eval_batch_size, "images per inference batch")
         ->capture_default_str()
         ->check(kPositive);
     run->add_option("--train-subset", run_options.train_subset,
                     "with --retrain: train on only the first N training images (quick checks)")
-        ->check(kNonNegative);
+        ->check(kNonNegative)
+        ->needs("--retrain");
     run->add_option("--test-subset", run_options.test_subset,
                     "evaluate on only the first N test images (quick checks)")
         ->check(kNonNegative);

@@ -165,6 +165,7 @@ TEST(CliRun, RepositoryCheckpointMeetsTargets) {
     EXPECT_GE(int8, kMinimumInt8Accuracy);
     EXPECT_GE(int8, fp32 - kMaximumInt8Drop);
     EXPECT_EQ(metrics["qdq_model"]["nodes"], 38);
+    EXPECT_EQ(metrics["model"]["source"], "checkpoint");
 }
 
 TEST(CliRun, ExportAndQuantizeAreByteIdentical) {
@@ -330,6 +331,33 @@ TEST(CliBadInput, BatchLargerThanTrainingSet) {
             " --calibration-count 50 --batch-size 500 --out " + (folder / "out").string(),
         folder / "out");
     expect_clean_failure(run, 2, {"batch size 500", "150 training images"});
+}
+
+TEST(CliBadInput, InfiniteLearningRate) {
+    const test::CommandResult result =
+        test::run_command_stderr(cli() + " run --retrain --lr inf --out /nonexistent/out");
+    EXPECT_EQ(result.exit_code, 2) << result.output;
+    EXPECT_EQ(count_lines(result.output), 1) << result.output;
+}
+
+TEST(CliRun, RemovesStaleStagingFolder) {
+    ScratchFolder folder("stale-staging");
+    write_small_dataset(folder / "data", 200, 50);
+    // A staging folder of a process that cannot exist (pids stay far below 2^31 - 1).
+    const fs::path stale = folder / "out" / ".edgeq-run.2147483646";
+    fs::create_directories(stale);
+    write_file_atomic(stale / "fashion-mnist.onnx", "left by a killed run");
+
+    const test::CommandResult result = test::run_command(
+        cli() + " run --retrain --epochs 1 --data " + (folder / "data").string() +
+        " --calibration-count 50 --out " + (folder / "out").string());
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    EXPECT_FALSE(fs::exists(stale));
+    const json metrics = read_json(folder / "out" / "metrics.json");
+    EXPECT_EQ(metrics["model"]["source"], "retrain");
+    for (const std::string& name : files_in(folder / "out")) {
+        EXPECT_NE(name.rfind(".edgeq-run.", 0), 0u) << "staging folder left: " << name;
+    }
 }
 
 TEST(CliBadInput, NegativeLearningRate) {

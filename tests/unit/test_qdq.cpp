@@ -261,6 +261,33 @@ TEST(QdqQuantizer, SummaryTableMatchesReport) {
     EXPECT_EQ(rows.at("Reshape").activation.at("UINT8"), 1);
 }
 
+TEST(QdqQuantizer, DropsInitializersFromGraphInputs) {
+    // Exporters before IR version 4 list every initializer as a graph input too.
+    FashionCnn model = test::make_random_fashion_cnn(5);
+    onnx::ModelProto float_model = export_fashion_cnn(export_state_dict(model));
+    for (const onnx::TensorProto& initializer : float_model.graph().initializer()) {
+        onnx::ValueInfoProto* input = float_model.mutable_graph()->add_input();
+        input->set_name(initializer.name());
+        onnx::TypeProto_Tensor* type = input->mutable_type()->mutable_tensor_type();
+        type->set_elem_type(initializer.data_type());
+        for (const int64_t size : initializer.dims()) {
+            type->mutable_shape()->add_dim()->set_dim_value(size);
+        }
+    }
+    const LabelledImages images = test::make_synthetic_images(8, 5);
+    LabelledImagesReader reader(images, 4);
+    const QdqModel qdq = quantize_to_qdq(float_model, reader, {}, SessionConfig{});
+
+    std::set<std::string> inputs;
+    for (const onnx::ValueInfoProto& input : qdq.model.graph().input()) {
+        inputs.insert(input.name());
+    }
+    EXPECT_TRUE(inputs.contains("input"));
+    EXPECT_FALSE(inputs.contains("fc1.weight")) << "a quantized weight is still a graph input";
+    EXPECT_TRUE(inputs.contains("flatten_shape")) << "an untouched initializer lost its entry";
+    check_onnx_model(qdq.model, "qdq");
+}
+
 TEST(QdqQuantizer, RejectsUnsupportedOperator) {
     onnx::ModelProto model;
     model.set_ir_version(7);

@@ -160,7 +160,7 @@ void save_checkpoint(FashionCnn& model, const fs::path& path) {
 FashionCnn load_checkpoint(const fs::path& path) {
     if (!fs::exists(path)) {
         fail(ExitCode::kIo,
-             "checkpoint '{}' not found; train one with 'edgeq train' or pass --retrain",
+             "checkpoint '{}' not found; train one with 'edgeq train' or 'edgeq run --retrain'",
              path.string());
     }
 

@@ -59,8 +59,10 @@ std::vector<EpochStats> train_fashion_cnn(
              "--batch-size",
              options.batch_size, train_count);
     }
-    if (!(options.learning_rate > 0) || !(options.final_learning_rate >= 0)) {
-        fail(ExitCode::kUsage, "learning rates must be positive (got --lr {}, --final-lr {})",
+    if (!(options.learning_rate > 0) || !(options.final_learning_rate >= 0) ||
+        !std::isfinite(options.learning_rate) || !std::isfinite(options.final_learning_rate)) {
+        fail(ExitCode::kUsage,
+             "learning rates must be finite and positive (got --lr {}, --final-lr {})",
              options.learning_rate, options.final_learning_rate);
     }
 

@@ -1,6 +1,10 @@
 #include "edgeq/pipeline/run.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 
 #include <algorithm>
 #include <chrono>
@@ -45,14 +49,22 @@ class StageClock {
 };
 
 // Artifacts are written into a hidden staging folder inside the output folder and moved into
-// place only when every stage has succeeded, so a failed run leaves earlier results untouched and
-// never mixes the files of two runs.
+// place only when every stage has succeeded, so a failed stage leaves earlier results untouched.
+// NOTE: the final moves are one rename per file. Destinations are checked first, but a rename
+// that still fails halfway (a disk error) leaves a mix of old and new files. A killed run
+// (SIGINT, SIGKILL) leaves its staging folder behind; the next run into the folder removes it.
 class StagedOutput {
   public:
     explicit StagedOutput(const fs::path& out_folder)
         : out_folder_(out_folder), staging_(out_folder / fmt::format(".edgeq-run.{}", ::getpid())) {
-        fs::remove_all(staging_);
-        fs::create_directories(staging_);
+        remove_stale_staging_folders();
+        std::error_code error;
+        fs::remove_all(staging_, error);
+        fs::create_directories(staging_, error);
+        if (error) {
+            fail(ExitCode::kIo, "cannot create the staging folder '{}': {}; choose another --out",
+                 staging_.string(), error.message());
+        }
     }
     ~StagedOutput() {
         std::error_code ignored;
@@ -83,11 +95,39 @@ class StagedOutput {
         }
         std::sort(names.begin(), names.end());
         for (const std::string& name : names) {
+            if (fs::is_directory(final_path(name))) {
+                fail(ExitCode::kIo,
+                     "'{}' is a folder, so the new '{}' cannot replace it; remove it or choose "
+                     "another --out",
+                     final_path(name).string(), name);
+            }
+        }
+        for (const std::string& name : names) {
             commit_file(name);
         }
     }
 
   private:
+    // Removes the staging folders of earlier runs whose process no longer exists.
+    void remove_stale_staging_folders() const {
+        constexpr std::string_view kPrefix = ".edgeq-run.";
+        std::error_code error;
+        for (const auto& entry : fs::directory_iterator(out_folder_, error)) {
+            const std::string name = entry.path().filename().string();
+            if (!name.starts_with(kPrefix)) {
+                continue;
+            }
+            const auto pid = static_cast<pid_t>(std::atol(name.c_str() + kPrefix.size()));
+            const bool alive = pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM);
+            if (!alive) {
+                std::error_code ignored;
+                fs::remove_all(entry.path(), ignored);
+                spdlog::info("removed {}, left behind by an interrupted run",
+                             entry.path().string());
+            }
+        }
+    }
+
     fs::path out_folder_;
     fs::path staging_;
 };
@@ -362,8 +402,15 @@ json run_pipeline(const RunOptions& options) {
     if (options.retrain && options.train_subset > 0) {
         dataset["trained_on"] = std::min(options.train_subset, data.train.size());
     }
+    json model_source = {{"source", options.state_dict ? "state_dict"
+                                    : options.retrain  ? "retrain"
+                                                       : "checkpoint"}};
+    model_source["path"] = options.state_dict ? options.state_dict->string()
+                           : options.retrain  ? output.final_path(kTrainedCheckpointFile).string()
+                                              : options.checkpoint.string();
     json metrics = {
         {"dataset", dataset},
+        {"model", model_source},
         {"fp32", fp32_json},
         {"int8", int8_json},
         {"delta_int8_vs_fp32", int8.accuracy() - fp32.accuracy()},

@@ -53,6 +53,8 @@ FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
                 stats.train_accuracy, stats.held_out_accuracy, stats.seconds);
         });
 
+    // A diverged training (NaN weights) must not leave a checkpoint that looks usable.
+    check_fashion_cnn_state_dict(export_state_dict(model), "the trained model");
     const double test_accuracy = evaluate_accuracy(model, data.test);
     spdlog::info("trained: test accuracy {:.4f} (libtorch, fp32)", test_accuracy);
 

@@ -242,12 +242,22 @@ void plan_bias(const GraphIndex& index, const onnx::NodeProto& node, const Quant
              "quantizer needs a constant bias",
              node.name(), bias_name);
     }
+    const int product_position = weight_params.position + input_params.position;
     if (plan.params.contains(bias_name)) {
-        return;  // shared with an earlier layer
+        // Shared with an earlier layer. An int32 bias must have the scale s_input * s_weight of
+        // every layer that reads it, so layers with different products cannot share one.
+        const QuantParams& shared = plan.params.at(bias_name);
+        if (shared.type == QuantType::kInt32 && shared.position != product_position) {
+            fail(ExitCode::kUnsupported,
+                 "bias '{}' is shared by layers with different input and weight scales, which an "
+                 "int32 bias cannot serve (node '{}'); use --bias int8 or give each layer its "
+                 "own bias",
+                 bias_name, node.name());
+        }
+        return;
     }
     const std::vector<float> bias = read_float_tensor(*index.initializers.at(bias_name));
     const auto [bias_min, bias_max] = value_range(bias);
-    const int product_position = weight_params.position + input_params.position;
 
     QuantParams bias_params;
     std::string bias_note;
@@ -337,7 +347,13 @@ void build_qdq_graph(const onnx::GraphProto& source, const GraphIndex& index,
     };
 
     target.set_name(source.name());
-    *target.mutable_input() = source.input();
+    // Older exporters also list initializers as graph inputs. The quantized initializers are gone,
+    // so their input entries go too; otherwise callers would have to feed them.
+    for (const onnx::ValueInfoProto& input : source.input()) {
+        if (!plan.initializer_values.contains(input.name())) {
+            *target.add_input() = input;
+        }
+    }
     *target.mutable_output() = source.output();
     for (const onnx::TensorProto& initializer : source.initializer()) {
         if (!plan.initializer_values.contains(initializer.name())) {
