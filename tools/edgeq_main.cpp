@@ -114,7 +114,7 @@ struct QuantizeFlags {
 };
 
 void add_quantize_options(CLI::App& command, QuantizeFlags& flags) {
-    command.add_option("--method", flags.method, "calibration method: minmax")
+    command.add_option("--method", flags.method, "calibration method: minmax or minmse (power-of-two MSE search, as AMD Quark)")
         ->capture_default_str();
     command
         .add_option("--bias", flags.bias,

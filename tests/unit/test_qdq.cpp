@@ -231,6 +231,38 @@ TEST(QdqQuantizer, RunsInOnnxRuntimeCloseToFloat) {
     EXPECT_GE(sqnr_db, kMinimumLogitSqnrDb);
 }
 
+TEST(QdqQuantizer, MinMseStaysNearNonOverflow) {
+    QuantizeOptions min_max;
+    QuantizeOptions min_mse;
+    min_mse.method = CalibrationMethod::kMinMse;
+    const QuantizedFixture reference = quantize_random_model(min_max);
+    const QuantizedFixture fixture = quantize_random_model(min_mse);
+    std::map<std::string, int> reference_positions;
+    for (const QuantizedTensor& tensor : reference.qdq.tensors) {
+        reference_positions[tensor.name] = tensor.params.position;
+    }
+    for (const QuantizedTensor& tensor : fixture.qdq.tensors) {
+        if (tensor.role != "activation") {
+            continue;
+        }
+        // MinMSE only searches one position below to three above the non-overflow one.
+        const int reference_position = reference_positions.at(tensor.name);
+        EXPECT_GE(tensor.params.position, reference_position - 1) << tensor.name;
+        EXPECT_LE(tensor.params.position, reference_position + 3) << tensor.name;
+    }
+    EXPECT_EQ(fixture.qdq.model.graph().node_size(), 38);
+}
+
+TEST(QdqQuantizer, MinMseBatchSizeDoesNotMatter) {
+    QuantizeOptions one_at_a_time;
+    one_at_a_time.method = CalibrationMethod::kMinMse;
+    one_at_a_time.calibration_batch_size = 1;
+    QuantizeOptions uneven = one_at_a_time;
+    uneven.calibration_batch_size = 27;
+    EXPECT_EQ(serialize(quantize_random_model(one_at_a_time).qdq.model),
+              serialize(quantize_random_model(uneven).qdq.model));
+}
+
 TEST(QdqQuantizer, SameInputsSameBytes) {
     const QuantizedFixture first = quantize_random_model({});
     const QuantizedFixture second = quantize_random_model({});

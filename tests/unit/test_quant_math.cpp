@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "edgeq/quant/calibration.h"
 #include "edgeq/quant/quant_math.h"
 
 namespace edgeq {
@@ -101,6 +102,20 @@ TEST(NonOverflowPosition, AllZeroUsesFallback) {
 TEST(NonOverflowPosition, ClampedToSupportedRange) {
     EXPECT_EQ(non_overflow_position(0.0, 1e-12, QuantType::kInt8, 0, 0), kMaxPosition);
     EXPECT_EQ(non_overflow_position(0.0, 1e12, QuantType::kInt8, 0, 0), kMinPosition);
+}
+
+}  // namespace
+}  // namespace edgeq
+
+namespace edgeq {
+namespace {
+
+TEST(TensorHistogram, BinCentersSpanSymmetricRange) {
+    TensorHistogram histogram;
+    histogram.limit = 2.0f;
+    histogram.counts.assign(4, 0);
+    EXPECT_DOUBLE_EQ(histogram.bin_center(0), -1.5);
+    EXPECT_DOUBLE_EQ(histogram.bin_center(3), 1.5);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "edgeq/quant/calibration.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -30,22 +31,32 @@ CalibrationMethod parse_calibration_method(const std::string& name) {
     if (name == "minmax") {
         return CalibrationMethod::kMinMax;
     }
-    fail(ExitCode::kUsage, "unknown calibration method '{}'; supported: minmax", name);
+    if (name == "minmse") {
+        return CalibrationMethod::kMinMse;
+    }
+    fail(ExitCode::kUsage, "unknown calibration method '{}'; supported: minmax, minmse", name);
 }
 
 std::string calibration_method_name(CalibrationMethod method) {
     switch (method) {
         case CalibrationMethod::kMinMax:
             return "minmax";
+        case CalibrationMethod::kMinMse:
+            return "minmse";
     }
     return "?";
 }
 
-std::map<std::string, TensorRange> collect_tensor_ranges(
+namespace {
+
+// Runs `model` over every batch of `reader` with `tensor_names` exposed as graph outputs (as ONNX
+// Runtime's quantizer does) and calls `visit(tensor_index, values)` for each tensor of each batch.
+// Returns the number of batches.
+int64_t visit_calibration_outputs(
     const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
     CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
+    const std::function<void(size_t, const std::vector<float>&)>& visit,
     const std::function<void(int64_t, int64_t)>& on_batch) {
-    // Expose every tensor to calibrate as a graph output, as ONNX Runtime's quantizer does.
     onnx::ModelProto augmented = model;
     std::set<std::string> existing_outputs;
     for (const onnx::ValueInfoProto& output : augmented.graph().output()) {
@@ -62,14 +73,6 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
     augmented.SerializeToString(&bytes);
     OrtModel runner(bytes, label, session);
 
-    std::map<std::string, TensorRange> ranges;
-    std::map<std::string, std::pair<double, double>> extremes;
-    for (const std::string& name : tensor_names) {
-        extremes[name] = {std::numeric_limits<double>::infinity(),
-                          -std::numeric_limits<double>::infinity()};
-        ranges[name] = TensorRange{};
-    }
-
     reader.rewind();
     int64_t samples_done = 0;
     int64_t batch_count = 0;
@@ -77,18 +80,7 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
         const std::vector<FloatOutput> outputs =
             runner.run(batch->values, batch->shape, tensor_names);
         for (size_t t = 0; t < tensor_names.size(); ++t) {
-            auto& [low, high] = extremes[tensor_names[t]];
-            for (const float value : outputs[t].values) {
-                if (!std::isfinite(value)) {
-                    fail(ExitCode::kInvalidInput,
-                         "tensor '{}' holds a non-finite value during calibration; check the "
-                         "model's weights and the calibration data",
-                         tensor_names[t]);
-                }
-                low = std::min(low, double{value});
-                high = std::max(high, double{value});
-            }
-            ranges[tensor_names[t]].element_count += static_cast<int64_t>(outputs[t].values.size());
+            visit(t, outputs[t].values);
         }
         samples_done += batch->shape.front();
         ++batch_count;
@@ -99,10 +91,84 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
     if (batch_count == 0) {
         fail(ExitCode::kInvalidInput, "the calibration data is empty; give at least one image");
     }
+    return batch_count;
+}
 
-    for (const std::string& name : tensor_names) {
-        ranges[name].min = static_cast<float>(extremes[name].first);
-        ranges[name].max = static_cast<float>(extremes[name].second);
+}  // namespace
+
+double TensorHistogram::bin_center(size_t bin) const {
+    const double width = 2.0 * limit / static_cast<double>(counts.size());
+    return -double{limit} + (static_cast<double>(bin) + 0.5) * width;
+}
+
+std::map<std::string, TensorHistogram> collect_tensor_histograms(
+    const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label) {
+    std::vector<std::string> names;
+    std::vector<TensorHistogram> histograms;
+    for (const auto& [name, range] : ranges) {
+        names.push_back(name);
+        TensorHistogram histogram;
+        histogram.limit = std::max(std::abs(range.min), std::abs(range.max));
+        histogram.counts.assign(kHistogramBins, 0);
+        histograms.push_back(std::move(histogram));
+    }
+
+    visit_calibration_outputs(
+        model, names, reader, session, label,
+        [&](size_t t, const std::vector<float>& values) {
+            TensorHistogram& histogram = histograms[t];
+            if (histogram.limit <= 0) {
+                return;  // all zero: nothing to place
+            }
+            const double bins_per_unit = kHistogramBins / (2.0 * histogram.limit);
+            for (const float value : values) {
+                const double position = (double{value} + histogram.limit) * bins_per_unit;
+                const auto bin = static_cast<size_t>(
+                    std::clamp(position, 0.0, static_cast<double>(kHistogramBins - 1)));
+                histogram.counts[bin] += 1;
+            }
+        },
+        {});
+
+    std::map<std::string, TensorHistogram> result;
+    for (size_t t = 0; t < names.size(); ++t) {
+        result[names[t]] = std::move(histograms[t]);
+    }
+    return result;
+}
+
+std::map<std::string, TensorRange> collect_tensor_ranges(
+    const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
+    const std::function<void(int64_t, int64_t)>& on_batch) {
+    std::vector<std::pair<double, double>> extremes(
+        tensor_names.size(),
+        {std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()});
+    std::vector<int64_t> element_counts(tensor_names.size(), 0);
+
+    visit_calibration_outputs(
+        model, tensor_names, reader, session, label,
+        [&](size_t t, const std::vector<float>& values) {
+            auto& [low, high] = extremes[t];
+            for (const float value : values) {
+                if (!std::isfinite(value)) {
+                    fail(ExitCode::kInvalidInput,
+                         "tensor '{}' contains a non-finite value during calibration; check the "
+                         "model's weights and the calibration data",
+                         tensor_names[t]);
+                }
+                low = std::min(low, double{value});
+                high = std::max(high, double{value});
+            }
+            element_counts[t] += static_cast<int64_t>(values.size());
+        },
+        on_batch);
+
+    std::map<std::string, TensorRange> ranges;
+    for (size_t t = 0; t < tensor_names.size(); ++t) {
+        ranges[tensor_names[t]] = {static_cast<float>(extremes[t].first),
+                                   static_cast<float>(extremes[t].second), element_counts[t]};
     }
     return ranges;
 }

@@ -49,7 +49,10 @@ class LabelledImagesReader : public CalibrationDataReader {
     int64_t position_ = 0;
 };
 
-enum class CalibrationMethod { kMinMax };
+enum class CalibrationMethod {
+    kMinMax,  // the observed range; with power-of-two scales, the finest scale that does not clip
+    kMinMse,  // power-of-two positions around the MinMax one, keeping the least squared error
+};
 
 CalibrationMethod parse_calibration_method(const std::string& name);
 std::string calibration_method_name(CalibrationMethod method);
@@ -65,6 +68,25 @@ struct TensorRange {
 // outputs, and returns each tensor's min and max. Memory does not grow with the number of
 // batches. `label` names the model in errors; `on_batch(samples_done, samples_total)` reports
 // progress when set.
+// Histogram of one tensor's values over the calibration data, with equal-width bins over the
+// symmetric range [-limit, limit]. Bins are fixed before the pass, so the counts, and every scale
+// derived from them, do not depend on batch size or batch order.
+struct TensorHistogram {
+    float limit = 0;  // max(|min|, |max|) of the tensor's calibrated range
+    std::vector<int64_t>
+        counts;  // kHistogramBins bins, bin b covers limit * [2b/n - 1, 2(b+1)/n - 1)
+
+    double bin_center(size_t bin) const;
+};
+
+inline constexpr size_t kHistogramBins = 4096;
+
+// Runs a second calibration pass and returns a histogram per tensor, over the ranges of the first
+// pass. Memory is kHistogramBins counters per tensor, whatever the number of images.
+std::map<std::string, TensorHistogram> collect_tensor_histograms(
+    const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label);
+
 std::map<std::string, TensorRange> collect_tensor_ranges(
     const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
     CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -156,6 +157,42 @@ onnx::TensorProto quantize_initializer(const onnx::TensorProto& source,
     }
     std::vector<int64_t> shape(source.dims().begin(), source.dims().end());
     return make_integer_tensor(quantized_name(source.name()), shape, quantized, params.type);
+}
+
+// Mean squared error of quantizing the values of `histogram` with `params`, each bin standing for
+// its center value.
+double quantization_mse(const TensorHistogram& histogram, const QuantParams& params) {
+    double error_sum = 0;
+    int64_t total = 0;
+    for (size_t bin = 0; bin < histogram.counts.size(); ++bin) {
+        if (histogram.counts[bin] == 0) {
+            continue;
+        }
+        const double value = histogram.bin_center(bin);
+        const double error =
+            value - dequantize_value(quantize_value(static_cast<float>(value), params), params);
+        error_sum += static_cast<double>(histogram.counts[bin]) * error * error;
+        total += histogram.counts[bin];
+    }
+    return total > 0 ? error_sum / static_cast<double>(total) : 0.0;
+}
+
+// MinMSE for power-of-two scales, as AMD Quark does it: try positions from one below to three
+// above the non-overflow one (finer scales clip the tails but round the bulk more finely) and keep
+// the least mean squared error; the first of equal errors wins, so the coarser scale.
+int min_mse_position(const TensorHistogram& histogram, QuantParams params) {
+    const int start = params.position;
+    int best_position = start;
+    double best_error = std::numeric_limits<double>::infinity();
+    for (int position = start - 1; position <= start + 3; ++position) {
+        params.position = std::clamp(position, kMinPosition, kMaxPosition);
+        const double error = quantization_mse(histogram, params);
+        if (error < best_error) {
+            best_error = error;
+            best_position = params.position;
+        }
+    }
+    return best_position;
 }
 
 // Everything decided before the graph is rewritten.
@@ -442,6 +479,11 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
     const std::map<std::string, TensorRange> ranges =
         collect_tensor_ranges(float_model, plan.activations, reader, session,
                               "calibration copy of " + model_label, on_calibration_batch);
+    std::map<std::string, TensorHistogram> histograms;
+    if (options.method == CalibrationMethod::kMinMse) {
+        histograms = collect_tensor_histograms(float_model, ranges, reader, session,
+                                               "calibration copy of " + model_label);
+    }
     result.calibration_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -467,6 +509,13 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
             result.warnings.push_back(fmt::format(
                 "tensor '{}' spans [{}, {}], beyond what scale 2^{} covers; it will saturate",
                 tensor, range.min, range.max, -params.position));
+        } else if (options.method == CalibrationMethod::kMinMse && histograms.contains(tensor)) {
+            const int non_overflow = params.position;
+            params.position = min_mse_position(histograms.at(tensor), params);
+            if (params.position > non_overflow) {
+                note = fmt::format("MinMSE chose position {} over {}: the tails clip",
+                                   params.position, non_overflow);
+            }
         }
         if (range.min == 0.0f && range.max == 0.0f) {
             note = "all zero during calibration; scale chosen arbitrarily";
