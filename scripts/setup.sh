@@ -83,7 +83,7 @@ if [[ -n "${ONNXRUNTIME_ROOT:-}" ]]; then
     exit 0
 fi
 
-# ldconfig lives in /sbin, which a non-root PATH may lack; its output is captured first because
+# ldconfig lives in /sbin, which a non-root PATH may lack. Its output is captured first, because
 # grep -q closing the pipe early would fail the pipeline under pipefail.
 system_libraries=$(/sbin/ldconfig -p 2>/dev/null || true)
 if [[ -f /usr/include/onnxruntime/onnxruntime_cxx_api.h || -f /usr/local/include/onnxruntime_cxx_api.h ]] &&

@@ -320,6 +320,32 @@ TEST(QdqQuantizer, DropsInitializersFromGraphInputs) {
     check_onnx_model(qdq.model, "qdq");
 }
 
+TEST(QdqQuantizer, WarnsWhenWeightSaturates) {
+    // Weights of 1e5 need a scale above 2^8, the coarsest the quantizer allows.
+    FashionCnn model = test::make_random_fashion_cnn(6);
+    StateDict weights = export_state_dict(model);
+    for (float& value : weights.at("fc3.weight").values) {
+        value *= 1e6f;
+    }
+    const onnx::ModelProto float_model = export_fashion_cnn(weights);
+    const LabelledImages images = test::make_synthetic_images(8, 6);
+    LabelledImagesReader reader(images, 8);
+    const QdqModel qdq = quantize_to_qdq(float_model, reader, {}, SessionConfig{});
+
+    bool flagged = false;
+    for (const QuantizedTensor& tensor : qdq.tensors) {
+        if (tensor.name == "fc3.weight") {
+            flagged = tensor.saturates;
+        }
+    }
+    EXPECT_TRUE(flagged);
+    bool warned = false;
+    for (const std::string& warning : qdq.warnings) {
+        warned = warned || warning.find("fc3.weight") != std::string::npos;
+    }
+    EXPECT_TRUE(warned);
+}
+
 TEST(QdqQuantizer, RejectsUnsupportedOperator) {
     onnx::ModelProto model;
     model.set_ir_version(7);

@@ -177,9 +177,9 @@ double quantization_mse(const TensorHistogram& histogram, const QuantParams& par
     return total > 0 ? error_sum / static_cast<double>(total) : 0.0;
 }
 
-// MinMSE for power-of-two scales, as AMD Quark does it: try positions from one below to three
-// above the non-overflow one (finer scales clip the tails but round the bulk more finely) and keep
-// the least mean squared error; the first of equal errors wins, so the coarser scale.
+// Chooses a power-of-two position by MinMSE, as AMD Quark does: it tries positions from one below
+// to three above the non-overflow one and keeps the least mean squared error. Finer scales clip
+// the tails but round the bulk more finely. Of equal errors the first wins, so the coarser scale.
 int min_mse_position(const TensorHistogram& histogram, QuantParams params) {
     const int start = params.position;
     int best_position = start;
@@ -264,6 +264,21 @@ std::string effective_output(const onnx::GraphProto& graph, const GraphIndex& in
     return output;
 }
 
+// Records the quantization of a weight or bias initializer, noting when its values saturate.
+void record_initializer(const std::string& name, const std::string& role, const QuantParams& params,
+                        std::vector<float> values, std::string note, QuantizationPlan& plan,
+                        std::vector<QuantizedTensor>& report) {
+    const auto [min, max] = value_range(values);
+    const bool saturates = !fits_without_clipping(min, max, params);
+    if (saturates) {
+        note += note.empty() ? "" : "; ";
+        note += "values beyond the " + quant_type_name(params.type) + " range saturate";
+    }
+    plan.params[name] = params;
+    plan.initializer_values[name] = std::move(values);
+    report.push_back({name, role, params, min, max, note, saturates});
+}
+
 // Chooses the bias quantization of one Conv/Gemm node from its weight, input and output scales.
 void plan_bias(const GraphIndex& index, const onnx::NodeProto& node, const QuantizeOptions& options,
                const QuantParams& weight_params, const QuantParams& input_params,
@@ -313,13 +328,7 @@ void plan_bias(const GraphIndex& index, const onnx::NodeProto& node, const Quant
                                     natural, bias_params.position);
         }
     }
-    if (!fits_without_clipping(bias_min, bias_max, bias_params)) {
-        bias_note += bias_note.empty() ? "" : "; ";
-        bias_note += "values beyond the range saturate";
-    }
-    plan.params[bias_name] = bias_params;
-    plan.initializer_values[bias_name] = bias;
-    report.push_back({bias_name, "bias", bias_params, bias_min, bias_max, bias_note});
+    record_initializer(bias_name, "bias", bias_params, bias, bias_note, plan, report);
 }
 
 // Chooses the weight and bias quantization of one Conv/Gemm/MatMul node.
@@ -359,13 +368,7 @@ void plan_weights(const onnx::GraphProto& graph, const GraphIndex& index,
         weight_note = fmt::format("position raised from {} so the output shift is 0 (may clip)",
                                   weight_params.position + shift_cut);
     }
-    if (!fits_without_clipping(weight_min, weight_max, weight_params)) {
-        weight_note += weight_note.empty() ? "" : "; ";
-        weight_note += "values beyond the int8 range saturate";
-    }
-    plan.params[weight_name] = weight_params;
-    plan.initializer_values[weight_name] = weight;
-    report.push_back({weight_name, "weight", weight_params, weight_min, weight_max, weight_note});
+    record_initializer(weight_name, "weight", weight_params, weight, weight_note, plan, report);
     plan_bias(index, node, options, weight_params, input_params, output_params, plan, report);
 }
 
@@ -504,7 +507,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
         params.position = non_overflow_position(range.min, range.max, QuantType::kUint8,
                                                 kActivationZeroPoint, kFallbackActivationPosition);
         std::string note;
-        if (!fits_without_clipping(range.min, range.max, params)) {
+        const bool saturates = !fits_without_clipping(range.min, range.max, params);
+        if (saturates) {
             note = "calibrated range exceeds the largest scale; values beyond it saturate";
             result.warnings.push_back(fmt::format(
                 "tensor '{}' spans [{}, {}], beyond what scale 2^{} covers; it will saturate",
@@ -524,7 +528,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
                             tensor, params.position));
         }
         plan.params[tensor] = params;
-        result.tensors.push_back({tensor, "activation", params, range.min, range.max, note});
+        result.tensors.push_back(
+            {tensor, "activation", params, range.min, range.max, note, saturates});
     }
 
     // Weight and bias scales need the input and output positions chosen above.
@@ -540,7 +545,7 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
         }
     }
     for (const QuantizedTensor& tensor : result.tensors) {
-        if (tensor.role != "activation" && tensor.note.find("saturate") != std::string::npos) {
+        if (tensor.role != "activation" && tensor.saturates) {
             result.warnings.push_back(fmt::format("{} '{}' spans [{}, {}]: {}", tensor.role,
                                                   tensor.name, tensor.min, tensor.max,
                                                   tensor.note));

@@ -46,7 +46,8 @@ struct QuantizedTensor {
     QuantParams params;
     float min = 0;  // calibrated range (activations) or actual range (weights, biases)
     float max = 0;
-    std::string note;  // an adjustment worth knowing, empty when none
+    std::string note;        // an adjustment worth knowing, empty when none
+    bool saturates = false;  // values of the tensor fall outside what its scale covers
 };
 
 struct QdqModel {
