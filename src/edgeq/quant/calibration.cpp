@@ -47,16 +47,12 @@ std::string calibration_method_name(CalibrationMethod method) {
     return "?";
 }
 
-namespace {
-
-// Runs `model` over every batch of `reader` with `tensor_names` exposed as graph outputs (as ONNX
-// Runtime's quantizer does) and calls `visit(tensor_index, values)` for each tensor of each batch.
-// Returns the number of batches.
-int64_t visit_calibration_outputs(
-    const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
-    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
-    const std::function<void(size_t, const std::vector<float>&)>& visit,
-    const std::function<void(int64_t, int64_t)>& on_batch) {
+int64_t visit_calibration_outputs(const onnx::ModelProto& model,
+                                  const std::vector<std::string>& tensor_names,
+                                  CalibrationDataReader& reader, const SessionConfig& session,
+                                  const std::string& label,
+                                  const std::function<void(size_t, const FloatOutput&)>& visit,
+                                  const std::function<void(int64_t, int64_t)>& on_batch) {
     onnx::ModelProto augmented = model;
     std::set<std::string> existing_outputs;
     for (const onnx::ValueInfoProto& output : augmented.graph().output()) {
@@ -80,7 +76,7 @@ int64_t visit_calibration_outputs(
         const std::vector<FloatOutput> outputs =
             runner.run(batch->values, batch->shape, tensor_names);
         for (size_t t = 0; t < tensor_names.size(); ++t) {
-            visit(t, outputs[t].values);
+            visit(t, outputs[t]);
         }
         samples_done += batch->shape.front();
         ++batch_count;
@@ -93,8 +89,6 @@ int64_t visit_calibration_outputs(
     }
     return batch_count;
 }
-
-}  // namespace
 
 double TensorHistogram::bin_center(size_t bin) const {
     const double width = 2.0 * limit / static_cast<double>(counts.size());
@@ -116,7 +110,8 @@ std::map<std::string, TensorHistogram> collect_tensor_histograms(
 
     visit_calibration_outputs(
         model, names, reader, session, label,
-        [&](size_t t, const std::vector<float>& values) {
+        [&](size_t t, const FloatOutput& output) {
+            const std::vector<float>& values = output.values;
             TensorHistogram& histogram = histograms[t];
             if (histogram.limit <= 0) {
                 return;  // all zero: nothing to place
@@ -149,7 +144,8 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
 
     visit_calibration_outputs(
         model, tensor_names, reader, session, label,
-        [&](size_t t, const std::vector<float>& values) {
+        [&](size_t t, const FloatOutput& output) {
+            const std::vector<float>& values = output.values;
             auto& [low, high] = extremes[t];
             for (const float value : values) {
                 if (!std::isfinite(value)) {

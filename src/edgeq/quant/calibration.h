@@ -64,10 +64,6 @@ struct TensorRange {
     int64_t element_count = 0;  // values seen; 0 = the tensor was never produced
 };
 
-// Runs `model` in ONNX Runtime over all batches of `reader` with `tensor_names` added as graph
-// outputs, and returns each tensor's min and max. Memory does not grow with the number of
-// batches. `label` names the model in errors; `on_batch(samples_done, samples_total)` reports
-// progress when set.
 // Histogram of one tensor's values over the calibration data, with equal-width bins over the
 // symmetric range [-limit, limit]. Bins are fixed before the pass, so the counts, and every scale
 // derived from them, do not depend on batch size or batch order.
@@ -87,9 +83,25 @@ std::map<std::string, TensorHistogram> collect_tensor_histograms(
     const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
     CalibrationDataReader& reader, const SessionConfig& session, const std::string& label);
 
+// Runs `model` in ONNX Runtime over all batches of `reader` with `tensor_names` added as graph
+// outputs, and returns each tensor's min and max. Memory does not grow with the number of
+// batches. `label` names the model in errors; `on_batch(samples_done, samples_total)` reports
+// progress when set.
 std::map<std::string, TensorRange> collect_tensor_ranges(
     const onnx::ModelProto& model, const std::vector<std::string>& tensor_names,
     CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
     const std::function<void(int64_t, int64_t)>& on_batch = {});
+
+// Runs `model` over every batch of `reader` with `tensor_names` exposed as extra graph outputs (as
+// ONNX Runtime's quantizer does) and calls `visit(tensor_index, output)` for each tensor of each
+// batch (values and shape), in batch order. Any pass over intermediate tensors (ranges, histograms,
+// error measurements) goes through here. Fails when the reader yields no batch; returns the number
+// of batches.
+int64_t visit_calibration_outputs(const onnx::ModelProto& model,
+                                  const std::vector<std::string>& tensor_names,
+                                  CalibrationDataReader& reader, const SessionConfig& session,
+                                  const std::string& label,
+                                  const std::function<void(size_t, const FloatOutput&)>& visit,
+                                  const std::function<void(int64_t, int64_t)>& on_batch = {});
 
 }  // namespace edgeq
