@@ -18,9 +18,11 @@ configure: setup
 build: configure
 	cmake --build --preset $(PRESET)
 
-# The main job on the real Fashion-MNIST, from the checkpoint in models/.
+# The main job on the real Fashion-MNIST, from the checkpoint in models/, then the quantizer's
+# sweep of presets, methods and algorithms on the same model (out/sweep.json).
 run: build
 	$(EDGEQ) run --out $(OUT)
+	$(EDGEQ) sweep --out $(OUT)
 
 test: build
 	ctest --preset $(PRESET)

@@ -27,14 +27,16 @@ fail() {
 # ---------------------------------------------------------------------------------------------
 # libopenblas0-pthread matters: without it libtorch falls back to the reference BLAS, about 3x slower.
 # python3-torch and python3-onnx are test oracles only; the product never imports them.
+# python3-torchvision and libonnx-testdata give the tests CNNs that edgeq did not write.
 debian_packages=(
     build-essential cmake ninja-build pkg-config ca-certificates curl
     libtorch-dev libopenblas0-pthread
     libonnx-dev libprotobuf-dev protobuf-compiler
     dataset-fashion-mnist
-    libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev zlib1g-dev
+    libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev zlib1g-dev libpng-dev
     libgtest-dev libgmock-dev libbenchmark-dev
     python3-torch python3-onnx
+    python3-torchvision libonnx-testdata
     nodejs npm
 )
 

@@ -11,14 +11,19 @@
 #include "edgeq/model/pytorch_state_dict.h"
 #include "edgeq/onnx/export.h"
 #include "edgeq/onnx/model_io.h"
+#include "edgeq/onnx/prepare.h"
 #include "edgeq/pipeline/run.h"
+#include "edgeq/pipeline/sweep.h"
 #include "edgeq/pipeline/train_stage.h"
+#include "edgeq/quant/calibration_sources.h"
 #include "edgeq/quant/qdq_summary.h"
+#include "edgeq/quant/quant_report.h"
 
 namespace {
 
 using namespace edgeq;
 namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
 
 // Number checks with short messages (CLI11's own print the whole double range).
 const CLI::Validator kPositive(
@@ -100,27 +105,91 @@ void add_train_options(CLI::App& command, TrainOptions& options) {
 
 // Options of the quantizer, given as text and parsed after CLI11 is done.
 struct QuantizeFlags {
-    std::string method = "minmax";
-    std::string bias = "int8";
+    std::string preset = "XINT8";
+    std::string method;  // empty: the preset's
+    double percentile = 99.999;
+    std::string bias;    // empty: the preset's
+    std::string scales;  // empty: the preset's; "power-of-two" or "float"
+    bool per_channel = false;
+    std::vector<std::string> exclude;
+    bool strict = false;
+    std::string algorithms = "none";
+    double max_accuracy_drop = -1;  // < 0: mixed precision off
     int64_t calibration_batch_size = 100;
 
     QuantizeOptions parse() const {
         QuantizeOptions options;
-        options.method = parse_calibration_method(method);
-        options.bias = parse_bias_mode(bias);
+        options.preset = parse_preset(preset);
+        if (!method.empty()) {
+            options.method = parse_calibration_method(method);
+        }
+        options.percentile = percentile;
+        if (!bias.empty()) {
+            options.bias = parse_bias_mode(bias);
+        }
+        if (scales == "power-of-two") {
+            options.power_of_two = true;
+        } else if (scales == "float") {
+            options.power_of_two = false;
+        }
+        options.per_channel = per_channel;
+        options.exclude = exclude;
+        options.strict = strict;
         options.calibration_batch_size = calibration_batch_size;
+        resolve_scheme(options);  // rejects what the preset cannot do, before any work
+        return options;
+    }
+
+    MixedPrecisionOptions mixed_precision() const {
+        MixedPrecisionOptions options;
+        if (max_accuracy_drop >= 0) {
+            options.max_drop = max_accuracy_drop;
+        }
         return options;
     }
 };
 
 void add_quantize_options(CLI::App& command, QuantizeFlags& flags) {
-    command.add_option("--method", flags.method, "calibration method: minmax or minmse (power-of-two MSE search, as AMD Quark)")
+    command
+        .add_option("--preset", flags.preset,
+                    "number format: XINT8 (the Ryzen AI NPU's), A8W8, U8S8, S8S8 or A16W8")
         ->capture_default_str();
     command
+        .add_option("--method", flags.method,
+                    "calibration: minmax, nonoverflow, minmse, percentile or entropy (default: "
+                    "the preset's, minmse for XINT8, minmax for the others)")
+        ->check(CLI::IsMember({"minmax", "nonoverflow", "minmse", "percentile", "entropy"}));
+    command.add_option("--percentile", flags.percentile, "percentile of --method percentile")
+        ->capture_default_str()
+        ->check(kPositive);
+    command
         .add_option("--bias", flags.bias,
-                    "bias type: int8 (power-of-two scale, as AMD Quark's XINT8) or int32 "
-                    "(scale s_input * s_weight)")
+                    "bias type: int8 (power-of-two scale, AMD Quark's XINT8 default) or int32 "
+                    "(scale s_input * s_weight; the other presets' default)")
+        ->check(CLI::IsMember({"int8", "int32"}));
+    command
+        .add_option("--scales", flags.scales,
+                    "scale type: power-of-two or float (default: the preset's)")
+        ->check(CLI::IsMember({"power-of-two", "float"}));
+    command.add_flag("--per-channel", flags.per_channel,
+                     "one weight scale per output channel (not with XINT8)");
+    command
+        .add_option("--exclude", flags.exclude,
+                    "node names or operator types to keep in float (comma-separated)")
+        ->delimiter(',');
+    command.add_flag("--strict", flags.strict,
+                     "fail on an operator the quantizer cannot handle instead of keeping it in "
+                     "float");
+    command
+        .add_option("--algorithms", flags.algorithms,
+                    "comma-separated: cle (cross-layer equalization), adaround, bias_correction; "
+                    "or none")
         ->capture_default_str();
+    command
+        .add_option("--max-accuracy-drop", flags.max_accuracy_drop,
+                    "mixed precision: keep the most sensitive layers in float until the held-out "
+                    "accuracy drop is at most this (0.002 = 0.2 points)")
+        ->check(kNonNegative);
     command
         .add_option("--calibration-batch-size", flags.calibration_batch_size,
                     "images per calibration batch (does not change the result)")
@@ -151,25 +220,195 @@ void run_export(const std::string& checkpoint, const std::string& state_dict,
                  exported.graph().node_size(), kExportOpset);
 }
 
-// `edgeq quantize`: float ONNX model + calibration images -> QDQ model.
+// The report's SQNR and sensitivity are measured on the first this many calibration samples: each
+// needs passes of both models, and a few thousand samples give stable figures.
+constexpr int64_t kReportSamples = 2000;
+
+// Calibration data other than Fashion-MNIST, for models nobody here wrote.
+struct CalibrationFlags {
+    std::string path;
+    std::vector<int64_t> size;
+    std::string mean;
+    std::string std;
+    int64_t limit = 0;
+};
+
+void add_calibration_data_options(CLI::App& command, CalibrationFlags& flags) {
+    command.add_option("--calibration-data", flags.path,
+                       "calibration data instead of Fashion-MNIST: a folder of PNG images, a .npy "
+                       "array [N, C, H, W] (float32 or uint8) or an IDX image file");
+    command.add_option("--size", flags.size, "resize PNG images to H W")->expected(2);
+    command.add_option("--mean", flags.mean,
+                       "per-channel mean subtracted after scaling to [0, 1], e.g. "
+                       "0.485,0.456,0.406");
+    command.add_option("--std", flags.std,
+                       "per-channel standard deviation divided by after the mean, e.g. "
+                       "0.229,0.224,0.225");
+    command
+        .add_option("--calibration-limit", flags.limit, "use only the first N samples (0 = all)")
+        ->check(kNonNegative);
+}
+
+// Measures and prints the per-tensor errors (and per-layer sensitivity when held-out labels are
+// given); returns them as JSON for the report file.
+json measure_quantization(const QuantizeRun& quantized, CalibrationDataReader& reader,
+                          const HeldOutData& held_out) {
+    const std::vector<TensorError> errors = measure_tensor_errors(
+        quantized.prepared_model, quantized.qdq.model, reader, SessionConfig{});
+    spdlog::info("per-tensor quantization (SQNR against fp32 on the calibration data):\n{}",
+                 format_tensor_table(errors));
+    json report = {{"tensors", to_json(errors)}};
+    if (held_out.images != nullptr && !held_out.labels.empty()) {
+        const SensitivityReport sensitivity =
+            measure_layer_sensitivity(quantized.prepared_model, quantized.qdq.model,
+                                      *held_out.images, held_out.labels, SessionConfig{});
+        spdlog::info("per-layer sensitivity (accuracy when only that layer is quantized):\n{}",
+                     format_sensitivity_table(sensitivity));
+        report["sensitivity"] = to_json(sensitivity);
+    }
+    return report;
+}
+
+// `edgeq quantize`: float ONNX model + calibration data -> QDQ model (+ a JSON report).
 void run_quantize(const std::string& model_path, const std::string& output,
-                  const DataOptions& data_options, const QuantizeFlags& flags) {
+                  const std::string& report_path, const DataOptions& data_options,
+                  const CalibrationFlags& calibration, const QuantizeFlags& flags,
+                  bool sensitivity) {
     const QuantizeOptions options = flags.parse();
+    const Algorithms algorithms = parse_algorithms(flags.algorithms);
     check_output_file(output, "--output");
+    const std::string report_file = report_path.empty() ? output + ".report.json" : report_path;
+    check_output_file(report_file, "--report");
     const onnx::ModelProto float_model = load_onnx_model(model_path);
     check_onnx_model(float_model, model_path);
-    const PreparedData data =
-        prepare_data(data_options.folder, data_options.calibration_count, data_options.seed);
-    LabelledImagesReader reader(data.calibration, options.calibration_batch_size);
-    const QdqModel qdq = quantize_to_qdq(float_model, reader, options, SessionConfig{}, model_path);
-    check_onnx_model(qdq.model, output);
-    save_onnx_model(qdq.model, output);
-    for (const std::string& warning : qdq.warnings) {
+
+    // Calibration data: the given files, or Fashion-MNIST's held-out calibration images (which
+    // are labelled, so they also serve the per-layer sensitivity and mixed precision).
+    std::unique_ptr<CalibrationDataReader> reader;
+    std::unique_ptr<CalibrationDataReader> report_reader;  // the first kReportSamples of them
+    std::vector<int64_t> labels;
+    PreparedData data;
+    LabelledImages report_images;
+    if (!calibration.path.empty()) {
+        CalibrationSourceOptions source;
+        source.path = calibration.path;
+        source.batch_size = options.calibration_batch_size;
+        if (!calibration.size.empty()) {
+            source.size = std::make_pair(calibration.size[0], calibration.size[1]);
+        }
+        if (!calibration.mean.empty()) {
+            source.mean = parse_float_list(calibration.mean, "--mean");
+        }
+        if (!calibration.std.empty()) {
+            source.std = parse_float_list(calibration.std, "--std");
+        }
+        source.limit = calibration.limit;
+        const PreparedModel prepared = prepare_for_quantization(float_model, model_path);
+        reader = open_calibration_source(source, prepared.input_shape);
+        source.limit = source.limit > 0 ? std::min(source.limit, kReportSamples) : kReportSamples;
+        report_reader = open_calibration_source(source, prepared.input_shape);
+    } else {
+        // Fashion-MNIST's images are [1, 28, 28]; a model that fixes another C, H or W needs its
+        // own calibration data.
+        const PreparedModel prepared = prepare_for_quantization(float_model, model_path);
+        const std::vector<int64_t> image_shape = {1, kImageSide, kImageSide};
+        for (size_t d = 1; d < prepared.input_shape.size() && d <= image_shape.size(); ++d) {
+            if (prepared.input_shape.size() != 4 ||
+                (prepared.input_shape[d] > 0 && prepared.input_shape[d] != image_shape[d - 1])) {
+                fail(ExitCode::kInvalidInput,
+                     "model '{}' takes input {}, but the Fashion-MNIST calibration images are "
+                     "[1, 28, 28]; give matching samples with --calibration-data",
+                     model_path, prepared.input_shape_text);
+            }
+        }
+        data = prepare_data(data_options.folder, data_options.calibration_count, data_options.seed);
+        reader = std::make_unique<LabelledImagesReader>(data.calibration,
+                                                        options.calibration_batch_size);
+        labels.assign(data.calibration.labels.begin(), data.calibration.labels.end());
+        const int64_t report_count = std::min(kReportSamples, data.calibration.size());
+        report_images.pixels.assign(data.calibration.pixels.begin(),
+                                    data.calibration.pixels.begin() + report_count * kImageSize);
+        report_images.labels.assign(data.calibration.labels.begin(),
+                                    data.calibration.labels.begin() + report_count);
+        report_reader =
+            std::make_unique<LabelledImagesReader>(report_images, options.calibration_batch_size);
+    }
+    const HeldOutData held_out{reader.get(), labels};
+
+    spdlog::info("quantizing {}: {}, algorithms: {}", model_path,
+                 describe_scheme(resolve_scheme(options)), flags.algorithms);
+    const QuantizeRun quantized =
+        quantize_model(float_model, *reader, options, algorithms, SessionConfig{}, model_path,
+                       flags.mixed_precision(), held_out);
+    check_onnx_model(quantized.qdq.model, output);
+    for (const std::string& change : quantized.preparation_changes) {
+        spdlog::info("prepared: {}", change);
+    }
+    for (const std::string& line : quantized.mixed_precision_log) {
+        spdlog::info("mixed precision: {}", line);
+    }
+    for (const std::string& warning : quantized.qdq.warnings) {
         spdlog::warn("warning: {}", warning);
     }
-    spdlog::info("quantized {} -> {} ({} nodes), calibrated on {} images in {:.1f} s:\n{}",
-                 model_path, output, qdq.model.graph().node_size(), data.calibration.size(),
-                 qdq.calibration_seconds, format_qdq_summary(summarize_qdq_model(qdq.model)));
+
+    const std::vector<int64_t> report_labels(
+        labels.begin(), labels.begin() + std::min<int64_t>(labels.size(), kReportSamples));
+    const HeldOutData report_held_out{report_reader.get(), report_labels};
+    json report = measure_quantization(quantized, *report_reader,
+                                       sensitivity ? report_held_out : HeldOutData{});
+    report["report_samples"] = report_reader->sample_count();
+    report["scheme"] = describe_scheme(quantized.qdq.scheme);
+    report["algorithms"] = algorithms_json(quantized);
+    report["calibration_samples"] = reader->sample_count();
+    report["calibration_seconds"] = quantized.qdq.calibration_seconds;
+    report["warnings"] = quantized.qdq.warnings;
+    save_onnx_model(quantized.qdq.model, output);
+    write_file_atomic(report_file, report.dump(2) + "\n");
+    spdlog::info(
+        "quantized {} -> {} ({} nodes), calibrated on {} samples in {:.1f} s; report {}:\n{}",
+        model_path, output, quantized.qdq.model.graph().node_size(), reader->sample_count(),
+        quantized.qdq.calibration_seconds, report_file,
+        format_qdq_summary(summarize_qdq_model(quantized.qdq.model)));
+}
+
+// `edgeq sweep`: presets x methods x algorithms on one model, evaluated on the test images.
+struct SweepFlags {
+    std::string out = "out";
+    std::string model;
+    std::string checkpoint = kDefaultCheckpoint;
+    std::vector<std::string> presets;
+    std::vector<std::string> methods;
+    std::vector<std::string> algorithm_sets;
+    int64_t test_subset = 0;
+    int64_t eval_batch_size = 1000;
+    int64_t calibration_batch_size = 100;
+};
+
+void run_sweep_command(const SweepFlags& flags, const DataOptions& data,
+                       const SessionConfig& session) {
+    SweepOptions options;
+    options.data_folder = data.folder;
+    options.out_folder = flags.out;
+    if (!flags.model.empty()) {
+        options.model = flags.model;
+    }
+    options.checkpoint = flags.checkpoint;
+    options.seed = data.seed;
+    options.calibration_count = data.calibration_count;
+    for (const std::string& preset : flags.presets) {
+        options.presets.push_back(parse_preset(preset));
+    }
+    for (const std::string& method : flags.methods) {
+        options.methods.push_back(parse_calibration_method(method));
+    }
+    for (const std::string& set : flags.algorithm_sets) {
+        options.algorithm_sets.push_back(parse_algorithms(set));
+    }
+    options.test_subset = flags.test_subset;
+    options.eval_batch_size = flags.eval_batch_size;
+    options.calibration_batch_size = flags.calibration_batch_size;
+    options.session = session;
+    run_sweep(default_sweep_grid(options));
 }
 
 // `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images.
@@ -284,16 +523,67 @@ int main(int argc, char** argv) {
     export_command->footer("Example: edgeq export --state-dict fashion-mnist.pt -o model.onnx");
 
     // edgeq quantize
-    std::string quantize_model = std::string("out/") + kFloatModelFile;
+    std::string quantize_model_path = std::string("out/") + kFloatModelFile;
     std::string quantize_output = std::string("out/") + kQdqModelFile;
+    std::string quantize_report;
+    bool quantize_sensitivity = false;
+    CalibrationFlags calibration_flags;
     CLI::App* quantize = app.add_subcommand(
-        "quantize", "quantize a float ONNX model to int8 QDQ, calibrated on held-out images");
-    quantize->add_option("-m,--model", quantize_model, "float ONNX model")->capture_default_str();
+        "quantize", "quantize a float ONNX CNN to a QDQ model, calibrated on held-out data");
+    quantize->add_option("-m,--model", quantize_model_path, "float ONNX model")
+        ->capture_default_str();
     quantize->add_option("-o,--output", quantize_output, "QDQ model to write")
         ->capture_default_str();
+    quantize->add_option("--report", quantize_report,
+                         "JSON report to write (default: <output>.report.json)");
+    quantize->add_flag("--sensitivity", quantize_sensitivity,
+                       "also measure each layer's accuracy drop (needs labelled Fashion-MNIST "
+                       "calibration data)");
     add_data_options(*quantize, data);
+    add_calibration_data_options(*quantize, calibration_flags);
     add_quantize_options(*quantize, quantize_flags);
-    quantize->footer("Example: edgeq quantize -m out/fashion-mnist.onnx --bias int32 -o q.onnx");
+    quantize->footer(
+        "Example: edgeq quantize -m out/fashion-mnist.onnx --method minmax -o q.onnx\n"
+        "         edgeq quantize -m resnet18.onnx --preset A8W8 --per-channel \\\n"
+        "            --calibration-data images/ --size 224 224 --mean 0.485,0.456,0.406 \\\n"
+        "            --std 0.229,0.224,0.225 -o resnet18.qdq.onnx");
+
+    // edgeq sweep
+    SweepFlags sweep_flags;
+    CLI::App* sweep = app.add_subcommand(
+        "sweep", "quantize one model with many presets, methods and algorithms; compare");
+    add_data_options(*sweep, data);
+    sweep->add_option("--out", sweep_flags.out, "folder for sweep.json")->capture_default_str();
+    sweep->add_option("-m,--model", sweep_flags.model,
+                      "float ONNX model (default: export the "
+                      "checkpoint)");
+    sweep->add_option("--checkpoint", sweep_flags.checkpoint, "checkpoint to export")
+        ->capture_default_str();
+    sweep->add_option("--presets", sweep_flags.presets, "presets to try (default: all)")
+        ->delimiter(',');
+    sweep->add_option("--methods", sweep_flags.methods, "calibration methods (default: all)")
+        ->delimiter(',');
+    sweep
+        ->add_option("--algorithm-sets", sweep_flags.algorithm_sets,
+                     "algorithm sets separated by ';', each like 'cle,adaround' or 'none' "
+                     "(default: none for every preset, plus each algorithm and all three for "
+                     "XINT8)")
+        ->delimiter(';');
+    sweep
+        ->add_option("--test-subset", sweep_flags.test_subset,
+                     "evaluate on only the first N test images (quick checks)")
+        ->check(kNonNegative);
+    sweep->add_option("--eval-batch-size", sweep_flags.eval_batch_size, "images per batch")
+        ->capture_default_str()
+        ->check(kPositive);
+    sweep
+        ->add_option("--calibration-batch-size", sweep_flags.calibration_batch_size,
+                     "images per calibration batch (does not change the result)")
+        ->capture_default_str()
+        ->check(kPositive);
+    sweep->footer(
+        "Example: edgeq sweep --out out\n"
+        "         edgeq sweep --presets XINT8 --methods minmax,minmse --algorithm-sets 'none;cle'");
 
     // edgeq eval
     std::string eval_model = std::string("out/") + kQdqModelFile;
@@ -332,6 +622,8 @@ int main(int argc, char** argv) {
             run_options.train = train_options;
             run_options.train.seed = data.seed;
             run_options.quantize = quantize_flags.parse();
+            run_options.algorithms = parse_algorithms(quantize_flags.algorithms);
+            run_options.mixed_precision = quantize_flags.mixed_precision();
             run_options.session = session;
             run_options.command_line = join_arguments(argc, argv);
             run_pipeline(run_options);
@@ -343,7 +635,10 @@ int main(int argc, char** argv) {
         } else if (export_command->parsed()) {
             run_export(export_checkpoint, export_state_dict_path, export_output);
         } else if (quantize->parsed()) {
-            run_quantize(quantize_model, quantize_output, data, quantize_flags);
+            run_quantize(quantize_model_path, quantize_output, quantize_report, data,
+                         calibration_flags, quantize_flags, quantize_sensitivity);
+        } else if (sweep->parsed()) {
+            run_sweep_command(sweep_flags, data, session);
         } else if (eval->parsed()) {
             run_eval(eval_model, data.folder, session, eval_batch_size);
         }

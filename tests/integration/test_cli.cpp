@@ -348,9 +348,9 @@ TEST(CliRun, RemovesStaleStagingFolder) {
     fs::create_directories(stale);
     write_file_atomic(stale / "fashion-mnist.onnx", "left by a killed run");
 
-    const test::CommandResult result = test::run_command(
-        cli() + " run --retrain --epochs 1 --data " + (folder / "data").string() +
-        " --calibration-count 50 --out " + (folder / "out").string());
+    const test::CommandResult result =
+        test::run_command(cli() + " run --retrain --epochs 1 --data " + (folder / "data").string() +
+                          " --calibration-count 50 --out " + (folder / "out").string());
     ASSERT_EQ(result.exit_code, 0) << result.output;
     EXPECT_FALSE(fs::exists(stale));
     const json metrics = read_json(folder / "out" / "metrics.json");
@@ -369,7 +369,7 @@ TEST(CliBadInput, NegativeLearningRate) {
 }
 
 TEST(CliHelp, EveryCommandHasHelpWithExample) {
-    for (const std::string command : {"run", "train", "export", "quantize", "eval"}) {
+    for (const std::string command : {"run", "train", "export", "quantize", "sweep", "eval"}) {
         const test::CommandResult result = test::run_command(cli() + " " + command + " --help");
         EXPECT_EQ(result.exit_code, 0) << command;
         EXPECT_NE(result.output.find("Example:"), std::string::npos) << command;

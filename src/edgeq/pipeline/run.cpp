@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "edgeq/common/error.h"
@@ -20,6 +21,7 @@
 #include "edgeq/onnx/model_io.h"
 #include "edgeq/pipeline/train_stage.h"
 #include "edgeq/quant/qdq_summary.h"
+#include "edgeq/quant/quant_report.h"
 
 namespace edgeq {
 namespace fs = std::filesystem;
@@ -237,41 +239,69 @@ json export_and_verify(FashionCnn& model, const LabelledImages& test, const fs::
             {"images_compared", sample.size()}};
 }
 
-json quantization_report_json(const QdqModel& qdq, const QuantizeOptions& options) {
+json quantized_tensor_json(const QuantizedTensor& tensor) {
+    json row = {{"tensor", tensor.name},
+                {"role", tensor.role},
+                {"type", quant_type_name(tensor.params.type)},
+                {"scale", tensor.params.scale()},
+                {"zero_point", tensor.params.zero_point}};
+    if (tensor.params.power_of_two) {
+        row["position"] = tensor.params.position;
+    }
+    if (!tensor.channels.empty()) {
+        json scales = json::array();
+        for (const QuantParams& channel : tensor.channels) {
+            scales.push_back(channel.scale());
+        }
+        row["axis"] = tensor.axis;
+        row["channel_scales"] = scales;
+    }
+    row["min"] = tensor.min;
+    row["max"] = tensor.max;
+    if (!tensor.note.empty()) {
+        row["note"] = tensor.note;
+    }
+    return row;
+}
+
+// The quantizer's choices, joined with the measured errors (SQNR, clipped share) by tensor name.
+json quantization_report_json(const QuantizeRun& run, const QuantizeOptions& options,
+                              const std::vector<TensorError>& errors,
+                              const SensitivityReport& sensitivity) {
+    const json measured = to_json(errors);
+    std::map<std::string, json> measured_by_name;
+    for (const json& row : measured) {
+        measured_by_name[row["tensor"].get<std::string>()] = row;
+    }
     json tensors = json::array();
-    for (const QuantizedTensor& tensor : qdq.tensors) {
-        json row = {{"tensor", tensor.name},
-                    {"role", tensor.role},
-                    {"type", quant_type_name(tensor.params.type)},
-                    {"scale", tensor.params.scale()},
-                    {"position", tensor.params.position},
-                    {"zero_point", tensor.params.zero_point},
-                    {"min", tensor.min},
-                    {"max", tensor.max}};
-        if (!tensor.note.empty()) {
-            row["note"] = tensor.note;
+    for (const QuantizedTensor& tensor : run.qdq.tensors) {
+        json row = quantized_tensor_json(tensor);
+        const auto found = measured_by_name.find(tensor.name);
+        if (found != measured_by_name.end()) {
+            for (const char* key : {"clipped_share", "sqnr_db", "local_sqnr_db"}) {
+                if (found->second.contains(key)) {
+                    row[key] = found->second[key];
+                }
+            }
         }
         tensors.push_back(row);
     }
-    return {{"calibration_method", calibration_method_name(options.method)},
-            {"bias", bias_mode_name(options.bias)},
+    json float_nodes = json::array();
+    for (const FloatNode& node : run.qdq.float_nodes) {
+        float_nodes.push_back(
+            {{"node", node.name}, {"op_type", node.op_type}, {"reason", node.reason}});
+    }
+    return {{"scheme", describe_scheme(run.qdq.scheme)},
+            {"preset", preset_name(run.qdq.scheme.preset)},
+            {"calibration_method", calibration_method_name(run.qdq.scheme.method.method)},
+            {"bias", bias_mode_name(run.qdq.scheme.bias)},
             {"calibration_batch_size", options.calibration_batch_size},
-            {"calibration_seconds", qdq.calibration_seconds},
-            {"warnings", qdq.warnings},
-            {"tensors", tensors}};
-}
-
-void log_quantization_table(const QdqModel& qdq) {
-    spdlog::info("{:<44} {:<10} {:<6} {:>4} {:>12} {:>12}", "tensor", "role", "type", "pos", "min",
-                 "max");
-    for (const QuantizedTensor& tensor : qdq.tensors) {
-        spdlog::info("{:<44} {:<10} {:<6} {:>4} {:>12.5g} {:>12.5g}{}", tensor.name, tensor.role,
-                     quant_type_name(tensor.params.type), tensor.params.position, tensor.min,
-                     tensor.max, tensor.note.empty() ? "" : "  (" + tensor.note + ")");
-    }
-    for (const std::string& warning : qdq.warnings) {
-        spdlog::warn("warning: {}", warning);
-    }
+            {"calibration_seconds", run.qdq.calibration_seconds},
+            {"algorithms", algorithms_json(run)},
+            {"warnings", run.qdq.warnings},
+            {"float_nodes", float_nodes},
+            {"tensors", tensors},
+            {"sensitivity", to_json(sensitivity)}};
 }
 
 json classification_json(const ClassificationResult& result) {
@@ -324,10 +354,12 @@ json run_pipeline(const RunOptions& options) {
     check_execution_provider(options.session);
     const StagedOutput output(options.out_folder);
 
-    spdlog::info("edgeq run: data {}, out {}, seed {}, calibration {} images ({}), bias {}, EP {}",
+    spdlog::info("edgeq run: data {}, out {}, seed {}, calibration {} images, EP {}",
                  options.data_folder.string(), options.out_folder.string(), options.seed,
-                 options.calibration_count, calibration_method_name(options.quantize.method),
-                 bias_mode_name(options.quantize.bias), options.session.execution_provider);
+                 options.calibration_count, options.session.execution_provider);
+    spdlog::info("quantization: {}; algorithms: {}",
+                 describe_scheme(resolve_scheme(options.quantize)),
+                 fmt::format("{}", fmt::join(algorithm_names(options.algorithms), ", ")));
     StageClock clock;
 
     // 1. Data: the official split, with calibration images held out of training.
@@ -349,21 +381,46 @@ json run_pipeline(const RunOptions& options) {
                                                output.final_path(kFloatModelFile));
     clock.stop();
 
-    // 4. Post-training quantization to QDQ, calibrated on the held-out images.
+    // 4. Post-training quantization to QDQ, calibrated on the held-out images, which are
+    //    labelled and so also measure each layer's sensitivity.
     clock.start("quantize");
     const fs::path qdq_path = output.final_path(kQdqModelFile);
     const onnx::ModelProto float_model = load_onnx_model(output.staged(kFloatModelFile));
     LabelledImagesReader reader(data.calibration, options.quantize.calibration_batch_size);
-    const QdqModel qdq = quantize_to_qdq(float_model, reader, options.quantize, SessionConfig{},
-                                         output.final_path(kFloatModelFile).string());
+    const HeldOutData held_out{&reader, std::vector<int64_t>(data.calibration.labels.begin(),
+                                                             data.calibration.labels.end())};
+    const QuantizeRun quantized = quantize_model(
+        float_model, reader, options.quantize, options.algorithms, SessionConfig{},
+        output.final_path(kFloatModelFile).string(), options.mixed_precision, held_out);
+    const QdqModel& qdq = quantized.qdq;
     check_onnx_model(qdq.model, qdq_path.string());
     save_onnx_model(qdq.model, output.staged(kQdqModelFile));
-    log_quantization_table(qdq);
+    for (const std::string& line : quantized.mixed_precision_log) {
+        spdlog::info("mixed precision: {}", line);
+    }
+    for (const std::string& warning : qdq.warnings) {
+        spdlog::warn("warning: {}", warning);
+    }
     const std::vector<OpTypeQuantization> summary = summarize_qdq_model(qdq.model);
-    spdlog::info("quantized model {} ({} nodes):\n{}", qdq_path.string(),
-                 qdq.model.graph().node_size(), format_qdq_summary(summary));
-    write_file_atomic(output.staged("quantization_report.json"),
-                      quantization_report_json(qdq, options.quantize).dump(2) + "\n");
+    spdlog::info("quantized model {} ({} nodes), {}:\n{}", qdq_path.string(),
+                 qdq.model.graph().node_size(), describe_scheme(qdq.scheme),
+                 format_qdq_summary(summary));
+    clock.stop();
+
+    clock.start("quantization report");
+    const std::vector<TensorError> errors =
+        measure_tensor_errors(quantized.prepared_model, qdq.model, reader, SessionConfig{});
+    spdlog::info("per-tensor quantization (SQNR against fp32 on the calibration images):\n{}",
+                 format_tensor_table(errors));
+    const SensitivityReport sensitivity = measure_layer_sensitivity(
+        quantized.prepared_model, qdq.model, reader, held_out.labels, SessionConfig{});
+    spdlog::info(
+        "per-layer sensitivity (calibration images, accuracy when only that layer is "
+        "quantized):\n{}",
+        format_sensitivity_table(sensitivity));
+    write_file_atomic(
+        output.staged("quantization_report.json"),
+        quantization_report_json(quantized, options.quantize, errors, sensitivity).dump(2) + "\n");
     clock.stop();
 
     // 5. Deployment: ONNX Runtime sessions on the chosen execution provider.
@@ -419,8 +476,11 @@ json run_pipeline(const RunOptions& options) {
          {{"path", qdq_path.string()},
           {"nodes", qdq.model.graph().node_size()},
           {"op_types", op_types},
-          {"calibration_method", calibration_method_name(options.quantize.method)},
-          {"bias", bias_mode_name(options.quantize.bias)}}},
+          {"preset", preset_name(qdq.scheme.preset)},
+          {"calibration_method", calibration_method_name(qdq.scheme.method.method)},
+          {"bias", bias_mode_name(qdq.scheme.bias)},
+          {"algorithms", algorithm_names(options.algorithms)},
+          {"float_nodes", qdq.float_nodes.size()}}},
         {"reference", {{"report_int8_accuracy", kReportInt8Accuracy}}},
         {"onnxruntime_version", onnxruntime_version()},
         {"stage_seconds", clock.seconds()},

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "edgeq/model/train.h"
-#include "edgeq/quant/qdq_quantizer.h"
+#include "edgeq/quant/quantize_model.h"
 #include "edgeq/runtime/ort_session.h"
 
 namespace edgeq {
@@ -37,6 +37,8 @@ struct RunOptions {
     bool retrain = false;
     TrainOptions train;
     QuantizeOptions quantize;
+    Algorithms algorithms;
+    MixedPrecisionOptions mixed_precision;
     SessionConfig session;
     int64_t eval_batch_size = 1000;
     int64_t train_subset = 0;  // > 0: train on only this many images (quick checks)

@@ -27,24 +27,53 @@ std::optional<CalibrationBatch> LabelledImagesReader::next() {
     return batch;
 }
 
+namespace {
+
+struct MethodName {
+    CalibrationMethod method;
+    const char* name;
+};
+
+constexpr MethodName kMethodNames[] = {
+    {CalibrationMethod::kMinMax, "minmax"},   {CalibrationMethod::kNonOverflow, "nonoverflow"},
+    {CalibrationMethod::kMinMse, "minmse"},   {CalibrationMethod::kPercentile, "percentile"},
+    {CalibrationMethod::kEntropy, "entropy"},
+};
+
+}  // namespace
+
 CalibrationMethod parse_calibration_method(const std::string& name) {
-    if (name == "minmax") {
-        return CalibrationMethod::kMinMax;
+    for (const MethodName& entry : kMethodNames) {
+        if (name == entry.name) {
+            return entry.method;
+        }
     }
-    if (name == "minmse") {
-        return CalibrationMethod::kMinMse;
-    }
-    fail(ExitCode::kUsage, "unknown calibration method '{}'; supported: minmax, minmse", name);
+    fail(ExitCode::kUsage,
+         "unknown calibration method '{}'; supported: minmax, nonoverflow, minmse, percentile, "
+         "entropy",
+         name);
 }
 
 std::string calibration_method_name(CalibrationMethod method) {
-    switch (method) {
-        case CalibrationMethod::kMinMax:
-            return "minmax";
-        case CalibrationMethod::kMinMse:
-            return "minmse";
+    for (const MethodName& entry : kMethodNames) {
+        if (method == entry.method) {
+            return entry.name;
+        }
     }
     return "?";
+}
+
+bool method_needs_histogram(CalibrationMethod method) {
+    switch (method) {
+        case CalibrationMethod::kMinMax:
+        case CalibrationMethod::kNonOverflow:
+            return false;
+        case CalibrationMethod::kMinMse:
+        case CalibrationMethod::kPercentile:
+        case CalibrationMethod::kEntropy:
+            return true;
+    }
+    return false;
 }
 
 int64_t visit_calibration_outputs(const onnx::ModelProto& model,
@@ -95,6 +124,35 @@ double TensorHistogram::bin_center(size_t bin) const {
     return -double{limit} + (static_cast<double>(bin) + 0.5) * width;
 }
 
+void TensorHistogram::add(float value) {
+    // Place |x| first and mirror, so that x and -x always land in mirrored bins and folding to
+    // |x| is exact. Values beyond the limit (there are none when the limit comes from the same
+    // data) go to the outermost bins, and so does a NaN, which fails every comparison.
+    const size_t half = counts.size() / 2;
+    const double position = std::abs(double{value}) * static_cast<double>(half) / double{limit};
+    const size_t k =
+        position < static_cast<double>(half - 1) ? static_cast<size_t>(position) : half - 1;
+    const size_t bin = value < 0.0f ? half - 1 - k : half + k;
+    counts[bin] += 1;
+}
+
+int64_t TensorHistogram::total() const {
+    int64_t sum = 0;
+    for (const int64_t count : counts) {
+        sum += count;
+    }
+    return sum;
+}
+
+std::vector<int64_t> TensorHistogram::absolute_counts() const {
+    const size_t half = counts.size() / 2;
+    std::vector<int64_t> folded(half, 0);
+    for (size_t k = 0; k < half; ++k) {
+        folded[k] = counts[half + k] + counts[half - 1 - k];
+    }
+    return folded;
+}
+
 std::map<std::string, TensorHistogram> collect_tensor_histograms(
     const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
     CalibrationDataReader& reader, const SessionConfig& session, const std::string& label) {
@@ -108,23 +166,18 @@ std::map<std::string, TensorHistogram> collect_tensor_histograms(
         histograms.push_back(std::move(histogram));
     }
 
-    visit_calibration_outputs(
-        model, names, reader, session, label,
-        [&](size_t t, const FloatOutput& output) {
-            const std::vector<float>& values = output.values;
-            TensorHistogram& histogram = histograms[t];
-            if (histogram.limit <= 0) {
-                return;  // all zero: nothing to place
-            }
-            const double bins_per_unit = kHistogramBins / (2.0 * histogram.limit);
-            for (const float value : values) {
-                const double position = (double{value} + histogram.limit) * bins_per_unit;
-                const auto bin = static_cast<size_t>(
-                    std::clamp(position, 0.0, static_cast<double>(kHistogramBins - 1)));
-                histogram.counts[bin] += 1;
-            }
-        },
-        {});
+    auto place_values = [&](size_t t, const FloatOutput& output) {
+        TensorHistogram& histogram = histograms[t];
+        if (histogram.limit <= 0) {
+            // All zero (or never produced): the range alone decides the scale, and there is no
+            // bin width to place values with.
+            return;
+        }
+        for (const float value : output.values) {
+            histogram.add(value);
+        }
+    };
+    visit_calibration_outputs(model, names, reader, session, label, place_values);
 
     std::map<std::string, TensorHistogram> result;
     for (size_t t = 0; t < names.size(); ++t) {
@@ -163,6 +216,11 @@ std::map<std::string, TensorRange> collect_tensor_ranges(
 
     std::map<std::string, TensorRange> ranges;
     for (size_t t = 0; t < tensor_names.size(); ++t) {
+        // A tensor that never had a value keeps the empty range [0, 0], not [inf, -inf].
+        if (element_counts[t] == 0) {
+            ranges[tensor_names[t]] = {};
+            continue;
+        }
         ranges[tensor_names[t]] = {static_cast<float>(extremes[t].first),
                                    static_cast<float>(extremes[t].second), element_counts[t]};
     }

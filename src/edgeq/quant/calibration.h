@@ -49,33 +49,54 @@ class LabelledImagesReader : public CalibrationDataReader {
     int64_t position_ = 0;
 };
 
+// How an activation's scale is chosen from its calibration statistics (calibration_methods.h has
+// the algorithms).
 enum class CalibrationMethod {
-    kMinMax,  // the observed range; with power-of-two scales, the finest scale that does not clip
-    kMinMse,  // power-of-two positions around the MinMax one, keeping the least squared error
+    kMinMax,       // the observed range; power of two: the finest scale that does not clip
+    kNonOverflow,  // AMD Quark's power-of-two method: the smallest power of two that does not clip
+    kMinMse,       // the scale with the least mean squared quantization error over the histogram
+    kPercentile,   // the range that covers a given percentage of the values
+    kEntropy,      // the clipping threshold with the least KL divergence, as TensorRT chooses it
 };
 
+// Parses "minmax", "nonoverflow", "minmse", "percentile" or "entropy"; anything else fails with
+// ExitCode::kUsage.
 CalibrationMethod parse_calibration_method(const std::string& name);
 std::string calibration_method_name(CalibrationMethod method);
+
+// True for the methods that read a TensorHistogram, so the calibration needs its second pass.
+bool method_needs_histogram(CalibrationMethod method);
 
 // Observed range of one tensor over the calibration data.
 struct TensorRange {
     float min = 0;
     float max = 0;
-    int64_t element_count = 0;  // values seen; 0 = the tensor was never produced
-};
-
-// Histogram of one tensor's values over the calibration data, with equal-width bins over the
-// symmetric range [-limit, limit]. Bins are fixed before the pass, so the counts, and every scale
-// derived from them, do not depend on batch size or batch order.
-struct TensorHistogram {
-    float limit = 0;  // max(|min|, |max|) of the tensor's calibrated range
-    std::vector<int64_t>
-        counts;  // kHistogramBins bins, bin b covers limit * [2b/n - 1, 2(b+1)/n - 1)
-
-    double bin_center(size_t bin) const;
+    int64_t element_count = 0;  // values seen; 0 = the tensor was never produced, min = max = 0
 };
 
 inline constexpr size_t kHistogramBins = 4096;
+
+// Histogram of one tensor's values over the calibration data, with kHistogramBins equal-width
+// bins over the symmetric range [-limit, limit]. The bins are fixed before the pass, so the
+// counts, and every scale derived from them, depend neither on batch size nor on batch order.
+//
+// Layout, with n = kHistogramBins, h = n / 2 and width w = limit / h: the bins mirror each other
+// around zero. A value x >= 0 (and -0.0) goes to bin h + k, a value x < 0 to bin h - 1 - k, where
+// k = min(floor(|x| / w), h - 1). So bin h + k covers [k w, (k + 1) w) and bin h - 1 - k covers
+// (-(k + 1) w, -k w]; the outermost bins also take |x| = limit. Folding the two halves gives the
+// histogram of |x| exactly (absolute_counts).
+struct TensorHistogram {
+    float limit = 0;              // max(|min|, |max|) of the tensor's calibrated range
+    std::vector<int64_t> counts;  // kHistogramBins bins (any even count works), laid out as above
+
+    double bin_center(size_t bin) const;
+    // Counts `value` in its bin. Needs limit > 0 and a non-empty, even number of bins.
+    void add(float value);
+    int64_t total() const;
+    // Histogram of |x|: counts.size() / 2 bins of width limit / (counts.size() / 2) over
+    // [0, limit], bin k being the sum of bins h + k and h - 1 - k.
+    std::vector<int64_t> absolute_counts() const;
+};
 
 // Runs a second calibration pass and returns a histogram per tensor, over the ranges of the first
 // pass. Memory is kHistogramBins counters per tensor, whatever the number of images.
