@@ -975,7 +975,9 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
     // Activation scales, in graph order so that a shared scale is known before it is copied.
     for (const std::string& tensor : plan.activations) {
         const TensorRange& range = ranges.at(tensor);
-        QuantizedTensor choice{tensor, "activation"};
+        QuantizedTensor choice;
+        choice.name = tensor;
+        choice.role = "activation";
         choice.min = range.min;
         choice.max = range.max;
 
