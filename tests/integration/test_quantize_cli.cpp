@@ -90,9 +90,10 @@ TEST(QuantizeAcceptance, SweepBestXint8WithinTwoTenthsOfFp32) {
         GTEST_SKIP() << "needs Debian's dataset-fashion-mnist and models/fashion-cnn.pt";
     }
     ScratchFolder scratch("sweep");
-    const test::CommandResult result =
-        test::run_command(cli() + " sweep --presets XINT8 --algorithm-sets 'none;cle' --out " +
-                          scratch.path().string());
+    const test::CommandResult result = test::run_command(
+        cli() + " sweep --presets XINT8 --algorithm-sets 'none;cle' " + "--checkpoint " +
+        (test::source_dir() / "models/fashion-cnn.pt").string() + " --out " +
+        scratch.path().string());
     ASSERT_EQ(result.exit_code, 0) << result.output;
 
     const json rows = json::parse(read_file(scratch / "sweep.json"));
