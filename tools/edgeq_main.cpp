@@ -224,7 +224,7 @@ void run_export(const std::string& checkpoint, const std::string& state_dict,
 // needs passes of both models, and a few thousand samples give stable figures.
 constexpr int64_t kReportSamples = 2000;
 
-// Calibration data other than Fashion-MNIST, for models nobody here wrote.
+// Calibration data other than Fashion-MNIST, for models other than FashionCNN.
 struct CalibrationFlags {
     std::string path;
     std::vector<int64_t> size;

@@ -190,8 +190,8 @@ TEST(QuantizerPresets, Xint8DefaultsToMinMseAndInt8Bias) {
     EXPECT_FALSE(scheme.per_channel);
 }
 
-// The acceptance of issue 3: calibration batch size 1 and 100 give identical scales for every
-// method. Compared here on the whole QDQ model's bytes, which contain every scale.
+// Calibration batch size 1 and 100 give identical scales for every method. The test compares the
+// whole QDQ model's bytes, which contain every scale.
 TEST(QuantizerPresets, BatchSizeDoesNotChangeAnyMethod) {
     for (const CalibrationMethod method :
          {CalibrationMethod::kMinMax, CalibrationMethod::kNonOverflow, CalibrationMethod::kMinMse,

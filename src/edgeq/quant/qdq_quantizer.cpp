@@ -115,7 +115,7 @@ GraphIndex index_graph(const onnx::ModelProto& model) {
     return index;
 }
 
-// True when `tensor` holds float32 values. A tensor shape inference could not type counts as
+// True when `tensor` contains float32 values. A tensor shape inference could not type counts as
 // float when a quantizable operator (all of which compute in float) produced it.
 bool tensor_is_float(const onnx::GraphProto& graph, const GraphIndex& index,
                      const std::string& tensor) {
@@ -187,7 +187,7 @@ bool moves_values(const onnx::NodeProto& node, const GraphIndex& index) {
     return node.op_type() != "Pad" || pad_moves_values(node, index);
 }
 
-// Which nodes get quantized, and why the others stay in float.
+// The nodes to quantize, and the reason each other node stays in float.
 struct NodeDecisions {
     std::vector<bool> quantized;
     std::vector<FloatNode> float_nodes;
