@@ -18,10 +18,12 @@ configure: setup
 build: configure
 	cmake --build --preset $(PRESET)
 
-# The main job on the real Fashion-MNIST, from the checkpoint in models/, then the quantizer's
-# sweep of presets, methods and algorithms on the same model (out/sweep.json).
+# The main job on the real Fashion-MNIST, from the checkpoint in models/, then the throughput of
+# the deployed models (out/bench.json), then the quantizer's sweep of presets, methods and
+# algorithms on the same model (out/sweep.json).
 run: build
 	$(EDGEQ) run --out $(OUT)
+	$(EDGEQ) bench --out $(OUT)
 	$(EDGEQ) sweep --out $(OUT)
 
 test: build

@@ -9,9 +9,13 @@
 #include "edgeq/common/logging.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
+#include "edgeq/npu/npu_sim.h"
+#include "edgeq/npu/partition.h"
+#include "edgeq/npu/target.h"
 #include "edgeq/onnx/export.h"
 #include "edgeq/onnx/model_io.h"
 #include "edgeq/onnx/prepare.h"
+#include "edgeq/pipeline/bench.h"
 #include "edgeq/pipeline/run.h"
 #include "edgeq/pipeline/sweep.h"
 #include "edgeq/pipeline/train_stage.h"
@@ -197,10 +201,65 @@ void add_quantize_options(CLI::App& command, QuantizeFlags& flags) {
         ->check(kPositive);
 }
 
-void add_ep_option(CLI::App& command, std::string& provider) {
-    command.add_option("--ep", provider, "ONNX Runtime execution provider: cpu or vitisai")
+// Deployment flags: the execution provider (--ep), the Vitis AI options and npu-sim's settings.
+struct DeployFlags {
+    std::string provider = "cpu";
+    std::string vitisai_config;
+    std::vector<std::string> vitisai_options;
+    std::string rounding = "half-up";
+    bool fixed_point = false;
+
+    // Parses --ep, reads the options file and resolves `auto`. Throws the one-line errors of
+    // resolve_execution_provider (unknown provider, Vitis AI missing, bad options file).
+    ProviderSetup resolve() const {
+        ProviderRequest request;
+        request.provider = parse_execution_provider(provider);
+        request.vitisai_options_file = vitisai_config;
+        for (const std::string& option : vitisai_options) {
+            request.vitisai_options.insert(parse_vitisai_option(option));
+        }
+        return resolve_execution_provider(request);
+    }
+
+    npu::NpuSimOptions npu_sim() const {
+        return {rounding == "half-even" ? npu::Rounding::kHalfEven : npu::Rounding::kHalfUp,
+                fixed_point};
+    }
+};
+
+// ONNX Runtime runs the fp32 model on the resolved provider, and on the CPU when npu-sim runs
+// the int8 model.
+SessionConfig session_for(const ProviderSetup& setup) {
+    return setup.resolved == ExecutionProvider::kNpuSim ? SessionConfig{}
+                                                        : make_session_config(setup);
+}
+
+void add_npu_sim_options(CLI::App& command, DeployFlags& flags) {
+    command
+        .add_option("--rounding", flags.rounding,
+                    "npu-sim's rounding when requantizing: half-up (the DPU's) or half-even "
+                    "(ONNX's)")
         ->capture_default_str()
-        ->check(CLI::IsMember({kCpuProvider, kVitisAiProvider}));
+        ->check(CLI::IsMember({"half-up", "half-even"}));
+    command.add_flag("--fixed-point", flags.fixed_point,
+                     "let npu-sim run models with non-power-of-two scales through 31-bit "
+                     "fixed-point multipliers");
+}
+
+void add_deploy_options(CLI::App& command, DeployFlags& flags) {
+    command
+        .add_option("--ep", flags.provider,
+                    "execution provider: cpu, vitisai (ONNX Runtime with the Vitis AI EP), "
+                    "npu-sim (edgeq's integer NPU emulator) or auto (Vitis AI when present, "
+                    "else the CPU)")
+        ->capture_default_str();
+    command.add_option("--vitisai-config", flags.vitisai_config,
+                       "JSON file of Vitis AI provider options (config_file, cache_dir, "
+                       "cache_key, xclbin, target, encryption_key, log_level)");
+    command.add_option("--vitisai-option", flags.vitisai_options,
+                       "one Vitis AI provider option as key=value, repeatable; overrides "
+                       "--vitisai-config");
+    add_npu_sim_options(command, flags);
 }
 
 // `edgeq export`: checkpoint or state_dict -> checked ONNX model.
@@ -325,11 +384,7 @@ void run_quantize(const std::string& model_path, const std::string& output,
         reader = std::make_unique<LabelledImagesReader>(data.calibration,
                                                         options.calibration_batch_size);
         labels.assign(data.calibration.labels.begin(), data.calibration.labels.end());
-        const int64_t report_count = std::min(kReportSamples, data.calibration.size());
-        report_images.pixels.assign(data.calibration.pixels.begin(),
-                                    data.calibration.pixels.begin() + report_count * kImageSize);
-        report_images.labels.assign(data.calibration.labels.begin(),
-                                    data.calibration.labels.begin() + report_count);
+        report_images = first_images(data.calibration, kReportSamples);
         report_reader =
             std::make_unique<LabelledImagesReader>(report_images, options.calibration_batch_size);
     }
@@ -413,13 +468,33 @@ void run_sweep_command(const SweepFlags& flags, const DataOptions& data,
 
 // `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images.
 void run_eval(const std::string& model_path, const std::string& data_folder,
-              const SessionConfig& session, int64_t batch_size) {
+              const DeployFlags& deploy, int64_t batch_size) {
+    const ProviderSetup setup = deploy.resolve();
+    if (!setup.fallback_reason.empty()) {
+        spdlog::warn("--ep auto chose the CPU: {}", setup.fallback_reason);
+    }
+    std::unique_ptr<OrtModel> session;
+    std::unique_ptr<npu::NpuSimModel> simulator;
+    BatchRunner runner;
+    std::string engine;
+    if (setup.resolved == ExecutionProvider::kNpuSim) {
+        simulator = std::make_unique<npu::NpuSimModel>(fs::path(model_path), deploy.npu_sim());
+        runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
+            return simulator->run(input, shape);
+        };
+        engine = fmt::format("npu-sim ({})", npu::rounding_name(deploy.npu_sim().rounding));
+    } else {
+        session = std::make_unique<OrtModel>(model_path, make_session_config(setup));
+        runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
+            return session->run(input, shape);
+        };
+        engine = session->execution_provider();
+    }
     const LabelledImages test = load_fashion_mnist_test(data_folder);
-    OrtModel model(model_path, session);
-    const ClassificationResult result = evaluate_classifier(model, test, batch_size);
+    const ClassificationResult result = evaluate_classifier(runner, test, batch_size);
     spdlog::info("{}: accuracy {:.2f}% ({} of {} correct, {} misclassified) on {} in {:.2f} s",
                  model_path, 100.0 * result.accuracy(), result.correct, result.total,
-                 result.total - result.correct, model.execution_provider(), result.seconds);
+                 result.total - result.correct, engine, result.seconds);
     std::string header = fmt::format("{:>12}", "true\\pred");
     for (int p = 0; p < kFashionClassCount; ++p) {
         header += fmt::format(" {:>5}", p);
@@ -432,6 +507,22 @@ void run_eval(const std::string& model_path, const std::string& data_folder,
         }
         spdlog::info("{}", row);
     }
+}
+
+// `edgeq partition`: where the Vitis AI EP would place each node, and its report file.
+void run_partition(const std::string& model_path, const std::string& target_path,
+                   const std::string& report_path) {
+    const npu::TargetDescription target =
+        target_path.empty() ? npu::builtin_target() : npu::load_target(target_path);
+    check_output_file(report_path, "--report");
+    const onnx::ModelProto model = load_onnx_model(model_path);
+    const npu::PartitionReport placement = npu::partition_model(model, target);
+    npu::write_vitisai_ep_report(report_path, model, placement);
+    spdlog::info("{}", npu::partition_summary_line(placement));
+    for (const std::string& line : npu::cpu_placement_lines(placement)) {
+        spdlog::info("  on the CPU: {}", line);
+    }
+    spdlog::info("operator report in {}", report_path);
 }
 
 }  // namespace
@@ -458,7 +549,7 @@ int main(int argc, char** argv) {
     DataOptions data;
     TrainOptions train_options;
     QuantizeFlags quantize_flags;
-    std::string provider = kCpuProvider;
+    DeployFlags deploy;
 
     // edgeq run
     RunOptions run_options;
@@ -472,7 +563,11 @@ int main(int argc, char** argv) {
     add_data_options(*run, data);
     add_train_options(*run, train_options);
     add_quantize_options(*run, quantize_flags);
-    add_ep_option(*run, provider);
+    add_deploy_options(*run, deploy);
+    std::string run_target;
+    run->add_option("--target", run_target,
+                    "NPU target description (JSON) for the operator placement report; default: "
+                    "the built-in Strix XINT8 target");
     run->add_option("--out", run_out, "output folder for every artifact")->capture_default_str();
     run->add_option("--checkpoint", run_checkpoint, "trained checkpoint to start from")
         ->capture_default_str();
@@ -594,8 +689,55 @@ int main(int argc, char** argv) {
     eval->add_option("--batch-size", eval_batch_size, "images per inference batch")
         ->capture_default_str()
         ->check(kPositive);
-    add_ep_option(*eval, provider);
-    eval->footer("Example: edgeq eval -m out/fashion-mnist.qdq.U8S8.onnx --ep cpu");
+    add_deploy_options(*eval, deploy);
+    eval->footer(
+        "Example: edgeq eval -m out/fashion-mnist.qdq.U8S8.onnx --ep cpu\n"
+        "         edgeq eval -m out/fashion-mnist.qdq.U8S8.onnx --ep npu-sim "
+        "--rounding half-even");
+
+    // edgeq partition
+    std::string partition_model_path = std::string("out/") + kQdqModelFile;
+    std::string partition_target;
+    std::string partition_report = kEpReportFile;
+    CLI::App* partition = app.add_subcommand(
+        "partition", "which nodes of a QDQ model the NPU takes; writes vitisai_ep_report.json");
+    partition->add_option("-m,--model", partition_model_path, "QDQ ONNX model")
+        ->capture_default_str();
+    partition->add_option("--target", partition_target,
+                          "NPU target description (JSON); default: the built-in Strix XINT8");
+    partition->add_option("--report", partition_report, "report file to write")
+        ->capture_default_str();
+    partition->footer(
+        "Example: edgeq partition -m out/fashion-mnist.qdq.U8S8.onnx --report /tmp/report.json");
+
+    // edgeq bench
+    BenchOptions bench_options;
+    std::string bench_folder = "out";
+    CLI::App* bench = app.add_subcommand(
+        "bench", "throughput of ONNX Runtime fp32, ONNX Runtime int8 and npu-sim, as ratios");
+    bench
+        ->add_option("--out", bench_folder,
+                     "folder with the run's models; bench.json is written there")
+        ->capture_default_str();
+    bench->add_option("--data", data.folder, "Fashion-MNIST folder")->capture_default_str();
+    bench->add_option("--batch-sizes", bench_options.batch_sizes, "batch sizes to measure")
+        ->delimiter(',')
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    bench
+        ->add_option("--min-seconds", bench_options.min_seconds,
+                     "time each engine and batch size at least this long")
+        ->capture_default_str()
+        ->check(kPositive);
+    bench
+        ->add_option("--threads", bench_options.session.intra_op_threads,
+                     "ONNX Runtime intra-op threads (0: its default)")
+        ->capture_default_str()
+        ->check(kNonNegative);
+    add_npu_sim_options(*bench, deploy);
+    bench->footer(
+        "Example: edgeq bench --out out\n"
+        "         edgeq bench --out out --batch-sizes 1,32,1000 --min-seconds 3");
 
     try {
         app.parse(argc, argv);
@@ -609,7 +751,6 @@ int main(int argc, char** argv) {
 
     try {
         SessionConfig session;
-        session.execution_provider = provider;
         if (run->parsed()) {
             run_options.data_folder = data.folder;
             run_options.out_folder = run_out;
@@ -624,7 +765,10 @@ int main(int argc, char** argv) {
             run_options.quantize = quantize_flags.parse();
             run_options.algorithms = parse_algorithms(quantize_flags.algorithms);
             run_options.mixed_precision = quantize_flags.mixed_precision();
-            run_options.session = session;
+            run_options.provider = deploy.resolve();
+            run_options.session = session_for(run_options.provider);
+            run_options.npu_sim = deploy.npu_sim();
+            run_options.target_file = run_target;
             run_options.command_line = join_arguments(argc, argv);
             run_pipeline(run_options);
         } else if (train->parsed()) {
@@ -640,7 +784,16 @@ int main(int argc, char** argv) {
         } else if (sweep->parsed()) {
             run_sweep_command(sweep_flags, data, session);
         } else if (eval->parsed()) {
-            run_eval(eval_model, data.folder, session, eval_batch_size);
+            run_eval(eval_model, data.folder, deploy, eval_batch_size);
+        } else if (partition->parsed()) {
+            run_partition(partition_model_path, partition_target, partition_report);
+        } else if (bench->parsed()) {
+            bench_options.float_model = fs::path(bench_folder) / kFloatModelFile;
+            bench_options.qdq_model = fs::path(bench_folder) / kQdqModelFile;
+            bench_options.out_folder = bench_folder;
+            bench_options.data_folder = data.folder;
+            bench_options.npu_sim = deploy.npu_sim();
+            run_bench(bench_options);
         }
     } catch (const Error& error) {
         spdlog::error("edgeq: error: {}", error.what());

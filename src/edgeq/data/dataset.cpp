@@ -124,6 +124,16 @@ std::vector<float> gather_image_range(const LabelledImages& images, int64_t firs
     return gather_images(images, indices);
 }
 
+LabelledImages first_images(const LabelledImages& images, int64_t count) {
+    if (count <= 0 || count >= images.size()) {
+        return images;
+    }
+    LabelledImages subset;
+    subset.pixels.assign(images.pixels.begin(), images.pixels.begin() + count * kImageSize);
+    subset.labels.assign(images.labels.begin(), images.labels.begin() + count);
+    return subset;
+}
+
 LabelledImages select_images(const LabelledImages& images, std::span<const int64_t> indices) {
     LabelledImages selected;
     selected.pixels.reserve(indices.size() * kImageSize);

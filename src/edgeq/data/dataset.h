@@ -64,6 +64,9 @@ std::vector<float> gather_images(const LabelledImages& images, std::span<const i
 // Copies the images [first, first + count) into a float32 batch [count, 1, 28, 28] in [0, 1].
 std::vector<float> gather_image_range(const LabelledImages& images, int64_t first, int64_t count);
 
+// The first `count` images, or all of them when count <= 0 or count >= images.size().
+LabelledImages first_images(const LabelledImages& images, int64_t count);
+
 // Keeps only the images at `indices`, in that order.
 LabelledImages select_images(const LabelledImages& images, std::span<const int64_t> indices);
 

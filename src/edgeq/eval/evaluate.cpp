@@ -34,6 +34,16 @@ ClassificationResult score_predictions(const std::vector<uint8_t>& predictions,
 ClassificationResult evaluate_classifier(OrtModel& model, const LabelledImages& images,
                                          int64_t batch_size,
                                          const std::function<void(int64_t, int64_t)>& on_progress) {
+    const BatchRunner runner = [&model](const std::vector<float>& input,
+                                        const std::vector<int64_t>& shape) {
+        return model.run(input, shape);
+    };
+    return evaluate_classifier(runner, images, batch_size, on_progress);
+}
+
+ClassificationResult evaluate_classifier(const BatchRunner& model, const LabelledImages& images,
+                                         int64_t batch_size,
+                                         const std::function<void(int64_t, int64_t)>& on_progress) {
     const auto start = std::chrono::steady_clock::now();
     std::vector<uint8_t> predictions;
     predictions.reserve(static_cast<size_t>(images.size()));
@@ -41,8 +51,7 @@ ClassificationResult evaluate_classifier(OrtModel& model, const LabelledImages& 
     for (int64_t first = 0; first < images.size(); first += batch_size) {
         const int64_t count = std::min(batch_size, images.size() - first);
         const std::vector<float> batch = gather_image_range(images, first, count);
-        const std::vector<FloatOutput> outputs =
-            model.run(batch, {count, 1, kImageSide, kImageSide});
+        const std::vector<FloatOutput> outputs = model(batch, {count, 1, kImageSide, kImageSide});
         const FloatOutput& logits = outputs.front();
         if (logits.shape.size() != 2 || logits.shape[0] != count ||
             logits.shape[1] != kFashionClassCount) {

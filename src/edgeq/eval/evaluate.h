@@ -27,8 +27,17 @@ struct ClassificationResult {
     }
 };
 
+// Runs a batch of images [N, 1, 28, 28] through a model and returns its outputs, the logits
+// first. ONNX Runtime sessions and npu-sim both fit behind it.
+using BatchRunner = std::function<std::vector<FloatOutput>(const std::vector<float>& input,
+                                                           const std::vector<int64_t>& shape)>;
+
 // Runs `model` over `images` in batches of `batch_size` and scores its top-1 predictions.
 // `on_progress(done, total)` is called after each batch when set.
+ClassificationResult evaluate_classifier(
+    const BatchRunner& model, const LabelledImages& images, int64_t batch_size,
+    const std::function<void(int64_t, int64_t)>& on_progress = {});
+
 ClassificationResult evaluate_classifier(
     OrtModel& model, const LabelledImages& images, int64_t batch_size,
     const std::function<void(int64_t, int64_t)>& on_progress = {});

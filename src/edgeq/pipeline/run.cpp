@@ -17,6 +17,8 @@
 #include "edgeq/common/files.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
+#include "edgeq/npu/partition.h"
+#include "edgeq/npu/target.h"
 #include "edgeq/onnx/export.h"
 #include "edgeq/onnx/model_io.h"
 #include "edgeq/pipeline/train_stage.h"
@@ -133,16 +135,6 @@ class StagedOutput {
     fs::path out_folder_;
     fs::path staging_;
 };
-
-LabelledImages first_images(const LabelledImages& images, int64_t count) {
-    if (count <= 0 || count >= images.size()) {
-        return images;
-    }
-    LabelledImages subset;
-    subset.pixels.assign(images.pixels.begin(), images.pixels.begin() + count * kImageSize);
-    subset.labels.assign(images.labels.begin(), images.labels.begin() + count);
-    return subset;
-}
 
 // Warns when the checkpoint was trained with another split seed: its training images may then
 // include some of this run's calibration images.
@@ -323,6 +315,79 @@ void write_predictions_csv(const LabelledImages& test, const ClassificationResul
     write_file_atomic(path, csv);
 }
 
+// npu-sim against ONNX Runtime's CPU EP on the same QDQ model: top-1 agreement with each rounding,
+// the images where they differ, and the accuracies. Half to even is ONNX's rounding, so any
+// difference left with it comes from the order of float operations in ONNX Runtime's kernels.
+// Half up is the DPU's rounding, so its accuracy is the expected on-device figure.
+struct NpuSimComparison {
+    json metrics;
+    std::string differences_csv;
+};
+
+NpuSimComparison compare_npu_sim(const onnx::ModelProto& qdq_model, const std::string& label,
+                                 const LabelledImages& test,
+                                 const ClassificationResult& cpu_ep_int8, int64_t batch_size,
+                                 bool fixed_point_multipliers) {
+    const std::array<npu::Rounding, 2> roundings = {npu::Rounding::kHalfEven,
+                                                    npu::Rounding::kHalfUp};
+    std::array<ClassificationResult, 2> results;
+    for (size_t r = 0; r < roundings.size(); ++r) {
+        const npu::NpuSimModel simulator(qdq_model, label,
+                                         npu::NpuSimOptions{roundings[r], fixed_point_multipliers});
+        const BatchRunner runner = [&simulator](const std::vector<float>& input,
+                                                const std::vector<int64_t>& shape) {
+            return simulator.run(input, shape);
+        };
+        results[r] = evaluate_classifier(runner, test, batch_size);
+        spdlog::info("npu-sim, rounding {}: accuracy {:.2f}% in {:.1f} s ({:.0f} images/s)",
+                     npu::rounding_name(roundings[r]), 100.0 * results[r].accuracy(),
+                     results[r].seconds, static_cast<double>(test.size()) / results[r].seconds);
+    }
+    const ClassificationResult& half_even = results[0];
+    const ClassificationResult& half_up = results[1];
+
+    NpuSimComparison comparison;
+    comparison.differences_csv = "index,label,cpu_ep,npu_sim_half_even,npu_sim_half_up\n";
+    json differing = json::array();
+    std::array<int64_t, 2> agreeing = {0, 0};
+    for (int64_t i = 0; i < test.size(); ++i) {
+        const uint8_t cpu = cpu_ep_int8.predictions[i];
+        agreeing[0] += half_even.predictions[i] == cpu ? 1 : 0;
+        agreeing[1] += half_up.predictions[i] == cpu ? 1 : 0;
+        if (half_even.predictions[i] != cpu) {
+            differing.push_back({{"index", i},
+                                 {"label", test.labels[i]},
+                                 {"cpu_ep", cpu},
+                                 {"npu_sim_half_even", half_even.predictions[i]}});
+            spdlog::info(
+                "npu-sim (half to even) differs from the CPU EP on test image {}: label "
+                "{}, CPU EP {}, npu-sim {}",
+                i, kFashionClassNames[test.labels[i]], kFashionClassNames[cpu],
+                kFashionClassNames[half_even.predictions[i]]);
+        }
+        if (half_even.predictions[i] != cpu || half_up.predictions[i] != cpu) {
+            comparison.differences_csv +=
+                fmt::format("{},{},{},{},{}\n", i, test.labels[i], cpu, half_even.predictions[i],
+                            half_up.predictions[i]);
+        }
+    }
+    const double total = static_cast<double>(std::max<int64_t>(1, test.size()));
+    comparison.metrics = {
+        {"top1_agreement_with_cpu_ep", static_cast<double>(agreeing[0]) / total},
+        {"top1_agreement_with_cpu_ep_half_up", static_cast<double>(agreeing[1]) / total},
+        {"accuracy", {{"half_up", half_up.accuracy()}, {"half_even", half_even.accuracy()}}},
+        {"differing_images_half_even", differing},
+        {"images_per_second", static_cast<double>(test.size()) / half_even.seconds},
+        {"fixed_point_multipliers", fixed_point_multipliers},
+    };
+    spdlog::info(
+        "npu-sim against the CPU EP: same top-1 class on {} of {} images ({:.2f}%) with "
+        "half to even, {} ({:.2f}%) with half up",
+        agreeing[0], test.size(), 100.0 * static_cast<double>(agreeing[0]) / total, agreeing[1],
+        100.0 * static_cast<double>(agreeing[1]) / total);
+    return comparison;
+}
+
 void log_summary(const json& metrics) {
     const json& fp32 = metrics["fp32"];
     const json& int8 = metrics["int8"];
@@ -334,10 +399,20 @@ void log_summary(const json& metrics) {
     spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}   on {}", "int8 QDQ (ONNX Runtime)",
                  100.0 * int8["accuracy"].get<double>(), int8["correct"].get<int64_t>(),
                  int8["total"].get<int64_t>(), int8["execution_provider"].get<std::string>());
+    if (metrics.contains("npu_sim") && metrics["npu_sim"].contains("accuracy")) {
+        const json& simulated = metrics["npu_sim"];
+        spdlog::info(
+            "{:<24} {:>8.2f}%   half to even: {:.2f}%, top-1 agreement with the CPU EP "
+            "{:.2f}%",
+            "int8 npu-sim (half up)", 100.0 * simulated["accuracy"]["half_up"].get<double>(),
+            100.0 * simulated["accuracy"]["half_even"].get<double>(),
+            100.0 * simulated["top1_agreement_with_cpu_ep"].get<double>());
+    }
     spdlog::info("{:<24} {:>8.2f}%", "int8, tutorial report", 100.0 * kReportInt8Accuracy);
-    spdlog::info("int8 - fp32: {:+.2f} points; QDQ model: {} nodes",
+    spdlog::info("int8 - fp32: {:+.2f} points; QDQ model: {} nodes, {} on the CPU, {} on the NPU",
                  100.0 * metrics["delta_int8_vs_fp32"].get<double>(),
-                 metrics["qdq_model"]["nodes"].get<int>());
+                 metrics["qdq_model"]["nodes"].get<int>(), metrics["partition"]["CPU"].get<int>(),
+                 metrics["partition"]["NPU"].get<int>());
     std::string stages;
     for (const auto& [stage, seconds] : metrics["stage_seconds"].items()) {
         stages +=
@@ -352,11 +427,24 @@ json run_pipeline(const RunOptions& options) {
     const auto run_start = std::chrono::steady_clock::now();
     ensure_writable_folder(options.out_folder, "--out");
     check_execution_provider(options.session);
+    // The target is read before any stage, so that a bad file stops the run at once.
+    const npu::TargetDescription target =
+        options.target_file.empty() ? npu::builtin_target() : npu::load_target(options.target_file);
+    const bool int8_on_npu_sim = options.provider.resolved == ExecutionProvider::kNpuSim;
     const StagedOutput output(options.out_folder);
 
-    spdlog::info("edgeq run: data {}, out {}, seed {}, calibration {} images, EP {}",
+    spdlog::info("edgeq run: data {}, out {}, seed {}, calibration {} images, EP {}{}",
                  options.data_folder.string(), options.out_folder.string(), options.seed,
-                 options.calibration_count, options.session.execution_provider);
+                 options.calibration_count, execution_provider_name(options.provider.resolved),
+                 int8_on_npu_sim ? fmt::format(" (int8 model; rounding {})",
+                                               npu::rounding_name(options.npu_sim.rounding))
+                                 : "");
+    if (!options.provider.fallback_reason.empty()) {
+        spdlog::warn("--ep auto chose the CPU: {}", options.provider.fallback_reason);
+    }
+    for (const auto& [name, value] : options.provider.environment) {
+        spdlog::info("environment: {}={}", name, value);
+    }
     spdlog::info("quantization: {}; algorithms: {}",
                  describe_scheme(resolve_scheme(options.quantize)),
                  fmt::format("{}", fmt::join(algorithm_names(options.algorithms), ", ")));
@@ -423,23 +511,77 @@ json run_pipeline(const RunOptions& options) {
         quantization_report_json(quantized, options.quantize, errors, sensitivity).dump(2) + "\n");
     clock.stop();
 
-    // 5. Deployment: ONNX Runtime sessions on the chosen execution provider.
-    clock.start("deploy");
-    OrtModel float_session(output.staged(kFloatModelFile), options.session);
-    OrtModel qdq_session(output.staged(kQdqModelFile), options.session);
-    spdlog::info("ONNX Runtime {}: sessions on {}", onnxruntime_version(),
-                 qdq_session.execution_provider());
+    // 5. Where the Vitis AI EP would place each node, from the target description.
+    clock.start("npu placement");
+    const npu::PartitionReport placement = npu::partition_model(qdq.model, target);
+    npu::write_vitisai_ep_report(output.staged(kEpReportFile), qdq.model, placement);
+    spdlog::info("{}", npu::partition_summary_line(placement));
+    for (const std::string& line : npu::cpu_placement_lines(placement)) {
+        spdlog::info("  on the CPU: {}", line);
+    }
     clock.stop();
 
-    // 6. Evaluation on the test images.
+    // 6. Deployment: ONNX Runtime sessions on the chosen execution provider, or npu-sim.
+    clock.start("deploy");
+    OrtModel float_session(output.staged(kFloatModelFile), options.session);
+    std::unique_ptr<OrtModel> qdq_session;
+    std::unique_ptr<npu::NpuSimModel> qdq_simulator;
+    BatchRunner int8_runner;
+    std::string int8_engine;
+    if (int8_on_npu_sim) {
+        qdq_simulator =
+            std::make_unique<npu::NpuSimModel>(qdq.model, qdq_path.string(), options.npu_sim);
+        int8_runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
+            return qdq_simulator->run(input, shape);
+        };
+        int8_engine = fmt::format("npu-sim ({})", npu::rounding_name(options.npu_sim.rounding));
+    } else {
+        qdq_session = std::make_unique<OrtModel>(output.staged(kQdqModelFile), options.session);
+        int8_runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
+            return qdq_session->run(input, shape);
+        };
+        int8_engine = qdq_session->execution_provider();
+    }
+    spdlog::info("ONNX Runtime {}: fp32 on {}, int8 on {}", onnxruntime_version(),
+                 float_session.execution_provider(), int8_engine);
+    clock.stop();
+
+    // 7. Evaluation on the test images.
     clock.start("evaluate");
     const ClassificationResult fp32 =
         evaluate_classifier(float_session, data.test, options.eval_batch_size);
     const ClassificationResult int8 =
-        evaluate_classifier(qdq_session, data.test, options.eval_batch_size);
+        evaluate_classifier(int8_runner, data.test, options.eval_batch_size);
     write_confusion_csv(fp32.confusion, output.staged("confusion_matrix_fp32.csv"));
     write_confusion_csv(int8.confusion, output.staged("confusion_matrix_int8.csv"));
     write_predictions_csv(data.test, fp32, int8, output.staged("predictions.csv"));
+    clock.stop();
+
+    // 8. npu-sim with both roundings against ONNX Runtime's CPU EP. A model npu-sim cannot run
+    //    (float scales without fixed-point multipliers, an operator it lacks) skips the stage
+    //    with the reason, unless npu-sim is the deployment.
+    clock.start("npu-sim");
+    json npu_sim_json;
+    try {
+        ClassificationResult cpu_ep_int8;
+        if (!int8_on_npu_sim && qdq_session->execution_provider() == "CPUExecutionProvider") {
+            cpu_ep_int8 = int8;
+        } else {
+            OrtModel cpu_session(output.staged(kQdqModelFile), SessionConfig{});
+            cpu_ep_int8 = evaluate_classifier(cpu_session, data.test, options.eval_batch_size);
+        }
+        NpuSimComparison comparison =
+            compare_npu_sim(qdq.model, qdq_path.string(), data.test, cpu_ep_int8,
+                            options.eval_batch_size, options.npu_sim.fixed_point_multipliers);
+        write_file_atomic(output.staged(kNpuSimDifferencesFile), comparison.differences_csv);
+        npu_sim_json = std::move(comparison.metrics);
+    } catch (const Error& error) {
+        if (int8_on_npu_sim || error.code() != ExitCode::kUnsupported) {
+            throw;
+        }
+        spdlog::warn("npu-sim skipped: {}", error.what());
+        npu_sim_json = {{"skipped", error.what()}};
+    }
     clock.stop();
 
     json op_types = json::object();
@@ -447,7 +589,7 @@ json run_pipeline(const RunOptions& options) {
         op_types[op_type] = count;
     }
     json int8_json = classification_json(int8);
-    int8_json["execution_provider"] = qdq_session.execution_provider();
+    int8_json["execution_provider"] = int8_engine;
     json fp32_json = classification_json(fp32);
     fp32_json["execution_provider"] = float_session.execution_provider();
 
@@ -481,6 +623,9 @@ json run_pipeline(const RunOptions& options) {
           {"bias", bias_mode_name(qdq.scheme.bias)},
           {"algorithms", algorithm_names(options.algorithms)},
           {"float_nodes", qdq.float_nodes.size()}}},
+        {"partition", npu::partition_counts_json(placement)},
+        {"npu_sim", npu_sim_json},
+        {"deployment", provider_setup_json(options.provider)},
         {"reference", {{"report_int8_accuracy", kReportInt8Accuracy}}},
         {"onnxruntime_version", onnxruntime_version()},
         {"stage_seconds", clock.seconds()},
@@ -493,8 +638,9 @@ json run_pipeline(const RunOptions& options) {
     log_summary(metrics);
     spdlog::info(
         "artifacts in {}/: {}, {}, metrics.json, confusion_matrix_{{fp32,int8}}.csv, "
-        "predictions.csv, quantization_report.json",
-        options.out_folder.string(), kFloatModelFile, kQdqModelFile);
+        "predictions.csv, quantization_report.json, {}, {}",
+        options.out_folder.string(), kFloatModelFile, kQdqModelFile, kEpReportFile,
+        kNpuSimDifferencesFile);
     return metrics;
 }
 

@@ -10,7 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "edgeq/model/train.h"
+#include "edgeq/npu/npu_sim.h"
 #include "edgeq/quant/quantize_model.h"
+#include "edgeq/runtime/execution_provider.h"
 #include "edgeq/runtime/ort_session.h"
 
 namespace edgeq {
@@ -19,6 +21,8 @@ inline constexpr const char* kFloatModelFile = "fashion-mnist.onnx";
 inline constexpr const char* kQdqModelFile = "fashion-mnist.qdq.U8S8.onnx";
 inline constexpr const char* kDefaultCheckpoint = "models/fashion-cnn.pt";
 inline constexpr const char* kTrainedCheckpointFile = "fashion-cnn.pt";  // written by --retrain
+inline constexpr const char* kEpReportFile = "vitisai_ep_report.json";
+inline constexpr const char* kNpuSimDifferencesFile = "npu_sim_differences.csv";
 inline constexpr double kReportInt8Accuracy = 0.8883;  // the Ryzen AI tutorial report's figure
 
 // Largest difference between ONNX Runtime's and libtorch's fp32 logits that the export check
@@ -39,7 +43,15 @@ struct RunOptions {
     QuantizeOptions quantize;
     Algorithms algorithms;
     MixedPrecisionOptions mixed_precision;
+    // The execution provider the int8 model is deployed on (--ep). ONNX Runtime runs the fp32
+    // model, and the int8 model unless the provider is npu-sim, on `session`.
+    ProviderSetup provider;
     SessionConfig session;
+    // The NPU placement model's target description; empty: the built-in Strix XINT8 target.
+    std::filesystem::path target_file;
+    // npu-sim's settings when it deploys the int8 model (--ep npu-sim). The run also always
+    // compares npu-sim with both roundings against ONNX Runtime's CPU EP.
+    npu::NpuSimOptions npu_sim;
     int64_t eval_batch_size = 1000;
     int64_t train_subset = 0;  // > 0: train on only this many images (quick checks)
     int64_t test_subset = 0;   // > 0: evaluate on only the first this many test images

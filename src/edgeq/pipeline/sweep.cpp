@@ -52,16 +52,6 @@ std::vector<SweepCase> list_cases(const SweepOptions& options) {
     return cases;
 }
 
-LabelledImages first_test_images(const LabelledImages& images, int64_t count) {
-    if (count <= 0 || count >= images.size()) {
-        return images;
-    }
-    LabelledImages subset;
-    subset.pixels.assign(images.pixels.begin(), images.pixels.begin() + count * kImageSize);
-    subset.labels.assign(images.labels.begin(), images.labels.begin() + count);
-    return subset;
-}
-
 double evaluate_model(const onnx::ModelProto& model, const LabelledImages& test,
                       const SweepOptions& options, const std::string& label) {
     std::string bytes;
@@ -106,7 +96,7 @@ json run_sweep(const SweepOptions& options) {
 
     // Data and the float model.
     PreparedData data = prepare_data(options.data_folder, options.calibration_count, options.seed);
-    const LabelledImages test = first_test_images(data.test, options.test_subset);
+    const LabelledImages test = first_images(data.test, options.test_subset);
     onnx::ModelProto float_model;
     std::string model_label;
     if (options.model.has_value()) {

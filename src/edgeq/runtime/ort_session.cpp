@@ -29,6 +29,7 @@ Ort::Env& ort_environment() {
 
 std::string one_line(std::string text) {
     std::replace(text.begin(), text.end(), '\n', ' ');
+    std::replace(text.begin(), text.end(), '\r', ' ');
     return text;
 }
 
@@ -49,10 +50,13 @@ std::string configure(Ort::SessionOptions& options, const SessionConfig& config)
                 config.provider_options.begin(), config.provider_options.end());
             options.AppendExecutionProvider_VitisAI(provider_options);
         } catch (const Ort::Exception& error) {
+            // ONNX Runtime builds without the EP (the official Linux packages) fail here with
+            // "Failed to load shared library". Its message is quoted because an EP that is present
+            // but rejects an option fails here too.
             fail(ExitCode::kUnsupported,
-                 "the Vitis AI execution provider is not available in ONNX Runtime {} ({}); "
-                 "install the Ryzen AI SDK and point ONNXRUNTIME_ROOT at its ONNX Runtime, or "
-                 "use --ep cpu",
+                 "ONNX Runtime {} cannot create the Vitis AI execution provider ({}); it comes "
+                 "with the ONNX Runtime of the Ryzen AI SDK: install the SDK and point "
+                 "ONNXRUNTIME_ROOT at its ONNX Runtime, or use --ep cpu",
                  onnxruntime_version(), one_line(error.what()));
         }
         return "VitisAIExecutionProvider";

@@ -17,8 +17,9 @@ inline constexpr const char* kVitisAiProvider = "vitisai";
 
 struct SessionConfig {
     std::string execution_provider = kCpuProvider;
-    std::map<std::string, std::string> provider_options;  // passed to the Vitis AI EP as is
-    int intra_op_threads = 0;                             // 0 = ONNX Runtime's default
+    // Vitis AI EP options in the EP's spelling (see build_vitisai_provider_options), passed as is.
+    std::map<std::string, std::string> provider_options;
+    int intra_op_threads = 0;  // 0 = ONNX Runtime's default
 };
 
 // A float tensor produced by a session: values row-major plus the shape.
