@@ -469,10 +469,8 @@ void run_sweep_command(const SweepFlags& flags, const DataOptions& data,
 // `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images.
 void run_eval(const std::string& model_path, const std::string& data_folder,
               const DeployFlags& deploy, int64_t batch_size) {
+    // resolve() warns when --ep auto falls back to the CPU.
     const ProviderSetup setup = deploy.resolve();
-    if (!setup.fallback_reason.empty()) {
-        spdlog::warn("--ep auto chose the CPU: {}", setup.fallback_reason);
-    }
     std::unique_ptr<OrtModel> session;
     std::unique_ptr<npu::NpuSimModel> simulator;
     BatchRunner runner;
@@ -516,6 +514,15 @@ void run_partition(const std::string& model_path, const std::string& target_path
         target_path.empty() ? npu::builtin_target() : npu::load_target(target_path);
     check_output_file(report_path, "--report");
     const onnx::ModelProto model = load_onnx_model(model_path);
+    const bool quantized = std::ranges::any_of(model.graph().node(), [](const auto& node) {
+        return node.op_type() == "QuantizeLinear" || node.op_type() == "DequantizeLinear";
+    });
+    if (!quantized) {
+        spdlog::warn(
+            "warning: {} has no QuantizeLinear or DequantizeLinear nodes, so the NPU "
+            "takes none of it; quantize it first with edgeq quantize",
+            model_path);
+    }
     const npu::PartitionReport placement = npu::partition_model(model, target);
     npu::write_vitisai_ep_report(report_path, model, placement);
     spdlog::info("{}", npu::partition_summary_line(placement));

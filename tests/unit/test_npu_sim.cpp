@@ -334,6 +334,35 @@ TEST(NpuSim, UnsupportedOpNamesNode) {
     EXPECT_NE(message.find("Conv, Gemm"), std::string::npos) << "lists what is supported";
 }
 
+TEST(NpuSim, PoolPadAsLargeAsWindowRejected) {
+    // FashionCNN's MaxPool has a 2x2 window; a pad of 2 leaves windows wholly in the padding.
+    const LabelledImages images = test::make_synthetic_images(64, 11);
+    onnx::ModelProto qdq = quantize_random_model({}, images);
+    for (onnx::NodeProto& node : *qdq.mutable_graph()->mutable_node()) {
+        if (node.name() != "/layer1/MaxPool") {
+            continue;
+        }
+        // Replaces the exporter's pads (all zero) with 2 on every side.
+        for (int a = 0; a < node.attribute_size(); ++a) {
+            if (node.attribute(a).name() == "pads") {
+                node.mutable_attribute()->DeleteSubrange(a, 1);
+                break;
+            }
+        }
+        onnx::AttributeProto* pads = node.add_attribute();
+        pads->set_name("pads");
+        pads->set_type(onnx::AttributeProto::INTS);
+        for (int i = 0; i < 4; ++i) {
+            pads->add_ints(2);
+        }
+    }
+    const Error error = load_error([&] { NpuSimModel sim(qdq, "pads", half_even()); });
+    EXPECT_EQ(error.code(), ExitCode::kInvalidInput);
+    const std::string message = error.what();
+    EXPECT_NE(message.find("/layer1/MaxPool"), std::string::npos) << message;
+    EXPECT_NE(message.find("kernel_shape"), std::string::npos) << message;
+}
+
 TEST(NpuSim, FloatNodeNamesNode) {
     const LabelledImages images = test::make_synthetic_images(64, 12);
     QuantizeOptions options;
@@ -378,7 +407,7 @@ TEST(NpuSim, ListingHasOneLinePerStep) {
     EXPECT_NE(lines[1].find("Conv /layer1/Conv"), std::string::npos) << lines[1];
     EXPECT_NE(lines[1].find("fused Relu"), std::string::npos) << lines[1];
     EXPECT_NE(lines[1].find("requantize shift"), std::string::npos) << lines[1];
-    EXPECT_NE(lines[1].find("half_up"), std::string::npos) << lines[1];
+    EXPECT_NE(lines[1].find("half-up"), std::string::npos) << lines[1];
     EXPECT_NE(lines[9].find("DequantizeLinear"), std::string::npos) << lines[9];
     EXPECT_EQ(sim.input_name(), "input");
     EXPECT_EQ(sim.output_names(), std::vector<std::string>{"output"});

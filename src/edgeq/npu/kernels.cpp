@@ -21,7 +21,7 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 // Rounding and requantization
 
 std::string rounding_name(Rounding rounding) {
-    return rounding == Rounding::kHalfUp ? "half_up" : "half_even";
+    return rounding == Rounding::kHalfUp ? "half-up" : "half-even";
 }
 
 namespace {

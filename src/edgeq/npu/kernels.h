@@ -38,7 +38,7 @@ enum class Rounding {
     kHalfEven,  // ties to the even neighbour: -1.5 -> -2, 2.5 -> 2 (ONNX QuantizeLinear)
 };
 
-std::string rounding_name(Rounding rounding);  // "half_up", "half_even"
+std::string rounding_name(Rounding rounding);  // "half-up", "half-even", as --rounding spells them
 
 // value * 2^-shift, rounded. A negative shift is an exact left shift.
 int64_t shift_round(int64_t value, int shift, Rounding rounding);

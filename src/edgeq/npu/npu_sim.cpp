@@ -145,7 +145,7 @@ bool same_params(const QuantParams& a, const QuantParams& b) {
 }
 
 std::string describe_params(const QuantParams& params) {
-    const std::string scale = params.power_of_two ? fmt::format("2^-{}", params.position)
+    const std::string scale = params.power_of_two ? fmt::format("2^{}", -params.position)
                                                   : fmt::format("{:g}", params.float_scale);
     return fmt::format("{} scale {} zp {}", quant_type_name(params.type), scale, params.zero_point);
 }
@@ -903,8 +903,9 @@ class ProgramBuilder {
         const QuantParams& params = quantization.channels.front();
         if (params.type != QuantType::kUint8 && params.type != QuantType::kInt8) {
             fail(ExitCode::kUnsupported,
-                 "{}: activation '{}' is {}; npu-sim runs 8-bit activations (UINT8 or INT8)",
-                 label(), node.output(0), quant_type_name(params.type));
+                 "{}: node '{}' quantizes to {}; npu-sim runs 8-bit activations (UINT8 or INT8): "
+                 "quantize with an 8-bit preset (XINT8, A8W8, U8S8, S8S8) or use --ep cpu",
+                 label(), node.name(), quant_type_name(params.type));
         }
         return params;
     }
@@ -1257,10 +1258,20 @@ class ProgramBuilder {
     }
 
     // Checks that |sum of depth products| fits the int32 accumulator:
-    // depth * max|q_in - z_in| * max|q_w - z_w| < 2^31.
-    void check_accumulator_bound(const onnx::NodeProto& node, int64_t depth) {
-        constexpr int64_t kLargestCenteredValue = 255;  // |q - z| for 8-bit values
-        if (depth * kLargestCenteredValue * kLargestCenteredValue >= (int64_t{1} << 31)) {
+    // depth * max|q_in - z_in| * max|q_w - z_w| < 2^31. For XINT8 (uint8 with z = 128, int8 with
+    // z = 0) each factor is at most 128, so depths up to 131,071 fit.
+    void check_accumulator_bound(const onnx::NodeProto& node, int64_t depth, int input,
+                                 const QuantizedConstant& weight) {
+        const auto largest_centered = [](const QuantParams& params) {
+            return std::max(params.zero_point - quant_min(params.type),
+                            quant_max(params.type) - params.zero_point);
+        };
+        int64_t largest_weight = 0;
+        for (const QuantParams& channel : weight.quantization.channels) {
+            largest_weight = std::max(largest_weight, largest_centered(channel));
+        }
+        const int64_t largest_input = largest_centered(params_of(input));
+        if (depth * largest_input * largest_weight >= (int64_t{1} << 31)) {
             fail_unsupported(node, fmt::format("sums {} products, which can overflow the int32 "
                                                "accumulator",
                                                depth));
@@ -1284,7 +1295,8 @@ class ProgramBuilder {
                  label(), node.name(), step->group, weight_shape[0]);
         }
         step->window = window_attributes(node, {weight_shape[2], weight_shape[3]});
-        check_accumulator_bound(node, weight_shape[1] * weight_shape[2] * weight_shape[3]);
+        check_accumulator_bound(node, weight_shape[1] * weight_shape[2] * weight_shape[3],
+                                step->inputs[0], weight);
 
         const OutputTarget target = output_target(node, true);
         step->output = target.tensor;
@@ -1322,7 +1334,7 @@ class ProgramBuilder {
         const int64_t channels = transpose_weight ? weight_shape[0] : weight_shape[1];
         const int64_t depth = transpose_weight ? weight_shape[1] : weight_shape[0];
         const int64_t weight_axis = transpose_weight ? 0 : 1;
-        check_accumulator_bound(node, depth);
+        check_accumulator_bound(node, depth, step->inputs[0], weight);
 
         const OutputTarget target = output_target(node, true);
         step->output = target.tensor;
@@ -1368,6 +1380,20 @@ class ProgramBuilder {
         }
         window.ceil_mode = int_attribute(node, "ceil_mode", 0) != 0;
         window.count_include_pad = int_attribute(node, "count_include_pad", 0) != 0;
+
+        // A pool's pad as large as its window lets a window lie wholly in the padding: an average
+        // over no values (a division by zero), or a max of nothing. ONNX Runtime rejects it too.
+        // Conv may pad more, because padding there adds zeros to a sum.
+        const bool pool = node.op_type() != "Conv";
+        for (size_t d = 0; pool && d < window.kernel.size(); ++d) {
+            if (window.pads[d] >= window.kernel[d] ||
+                window.pads[d + window.kernel.size()] >= window.kernel[d]) {
+                fail(ExitCode::kInvalidInput,
+                     "{}: node '{}' ({}) pads axis {} by at least its window size {}; use pads "
+                     "smaller than kernel_shape",
+                     label(), node.name(), node.op_type(), d + 2, window.kernel[d]);
+            }
+        }
         return window;
     }
 

@@ -496,6 +496,8 @@ class Placer {
         if (reads_initializer) {
             return check_follows_consumers(n);
         }
+        // NOTE: a DequantizeLinear that feeds a device node and a CPU node stays on the device, so
+        // the CPU node reads the device's output. The EP may give the CPU its own copy instead.
         const std::vector<int>& consumers = consumers_of(output);
         const bool feeds_device =
             std::ranges::any_of(consumers, [&](int consumer) { return on_device_[consumer]; });

@@ -309,7 +309,23 @@ TargetDescription parse_target(const std::string& text, const std::string& label
 }
 
 TargetDescription load_target(const std::filesystem::path& path) {
-    return parse_target(read_file(path), path.string());
+    std::string text;
+    try {
+        text = read_file(path);
+    } catch (const Error& error) {
+        throw Error(error.code(), fmt::format("target description (--target): {}", error.what()));
+    }
+
+    // Every error about the contents ends with the two ways on.
+    try {
+        return parse_target(text, path.string());
+    } catch (const Error& error) {
+        throw Error(error.code(),
+                    fmt::format("{}; fix the target description (its format is in the header of "
+                                "src/edgeq/npu/target.h) or omit --target for the built-in "
+                                "strix-xint8",
+                                error.what()));
+    }
 }
 
 TargetDescription builtin_target(const std::string& name) {

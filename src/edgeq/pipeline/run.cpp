@@ -324,14 +324,22 @@ struct NpuSimComparison {
     std::string differences_csv;
 };
 
+// `deployed`, when set, is npu-sim's result with `options.rounding` from the evaluation stage,
+// which is not run a second time.
 NpuSimComparison compare_npu_sim(const onnx::ModelProto& qdq_model, const std::string& label,
                                  const LabelledImages& test,
                                  const ClassificationResult& cpu_ep_int8, int64_t batch_size,
-                                 bool fixed_point_multipliers) {
+                                 const npu::NpuSimOptions& options,
+                                 const ClassificationResult* deployed) {
+    const bool fixed_point_multipliers = options.fixed_point_multipliers;
     const std::array<npu::Rounding, 2> roundings = {npu::Rounding::kHalfEven,
                                                     npu::Rounding::kHalfUp};
     std::array<ClassificationResult, 2> results;
     for (size_t r = 0; r < roundings.size(); ++r) {
+        if (deployed != nullptr && roundings[r] == options.rounding) {
+            results[r] = *deployed;
+            continue;
+        }
         const npu::NpuSimModel simulator(qdq_model, label,
                                          npu::NpuSimOptions{roundings[r], fixed_point_multipliers});
         const BatchRunner runner = [&simulator](const std::vector<float>& input,
@@ -376,6 +384,9 @@ NpuSimComparison compare_npu_sim(const onnx::ModelProto& qdq_model, const std::s
         {"top1_agreement_with_cpu_ep", static_cast<double>(agreeing[0]) / total},
         {"top1_agreement_with_cpu_ep_half_up", static_cast<double>(agreeing[1]) / total},
         {"accuracy", {{"half_up", half_up.accuracy()}, {"half_even", half_even.accuracy()}}},
+        {"correct", {{"half_up", half_up.correct}, {"half_even", half_even.correct}}},
+        {"total", test.size()},
+        {"cpu_ep", {{"accuracy", cpu_ep_int8.accuracy()}, {"correct", cpu_ep_int8.correct}}},
         {"differing_images_half_even", differing},
         {"images_per_second", static_cast<double>(test.size()) / half_even.seconds},
         {"fixed_point_multipliers", fixed_point_multipliers},
@@ -396,23 +407,40 @@ void log_summary(const json& metrics) {
     spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}", "fp32 (ONNX Runtime)",
                  100.0 * fp32["accuracy"].get<double>(), fp32["correct"].get<int64_t>(),
                  fp32["total"].get<int64_t>());
-    spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}   on {}", "int8 QDQ (ONNX Runtime)",
+    const std::string engine = int8["execution_provider"].get<std::string>();
+    const bool on_npu_sim = engine.rfind("npu-sim", 0) == 0;
+    spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}   on {}",
+                 on_npu_sim ? "int8 QDQ (npu-sim)" : "int8 QDQ (ONNX Runtime)",
                  100.0 * int8["accuracy"].get<double>(), int8["correct"].get<int64_t>(),
-                 int8["total"].get<int64_t>(), int8["execution_provider"].get<std::string>());
+                 int8["total"].get<int64_t>(), engine);
     if (metrics.contains("npu_sim") && metrics["npu_sim"].contains("accuracy")) {
         const json& simulated = metrics["npu_sim"];
-        spdlog::info(
-            "{:<24} {:>8.2f}%   half to even: {:.2f}%, top-1 agreement with the CPU EP "
-            "{:.2f}%",
-            "int8 npu-sim (half up)", 100.0 * simulated["accuracy"]["half_up"].get<double>(),
-            100.0 * simulated["accuracy"]["half_even"].get<double>(),
-            100.0 * simulated["top1_agreement_with_cpu_ep"].get<double>());
+        const int64_t total = simulated["total"].get<int64_t>();
+        if (engine != "CPUExecutionProvider") {
+            spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}", "int8 QDQ (CPU EP)",
+                         100.0 * simulated["cpu_ep"]["accuracy"].get<double>(),
+                         simulated["cpu_ep"]["correct"].get<int64_t>(), total);
+        }
+        for (const auto& [key, name] : {std::pair{"half_up", "int8 npu-sim, half up"},
+                                        std::pair{"half_even", "int8 npu-sim, half even"}}) {
+            spdlog::info("{:<24} {:>8.2f}% {:>8} {:>7}", name,
+                         100.0 * simulated["accuracy"][key].get<double>(),
+                         simulated["correct"][key].get<int64_t>(), total);
+        }
     }
     spdlog::info("{:<24} {:>8.2f}%", "int8, tutorial report", 100.0 * kReportInt8Accuracy);
     spdlog::info("int8 - fp32: {:+.2f} points; QDQ model: {} nodes, {} on the CPU, {} on the NPU",
                  100.0 * metrics["delta_int8_vs_fp32"].get<double>(),
                  metrics["qdq_model"]["nodes"].get<int>(), metrics["partition"]["CPU"].get<int>(),
                  metrics["partition"]["NPU"].get<int>());
+    if (metrics.contains("npu_sim") && metrics["npu_sim"].contains("accuracy")) {
+        const json& simulated = metrics["npu_sim"];
+        spdlog::info(
+            "npu-sim's top-1 class matches the CPU EP's on {:.2f}% of the images with "
+            "half to even, {:.2f}% with half up",
+            100.0 * simulated["top1_agreement_with_cpu_ep"].get<double>(),
+            100.0 * simulated["top1_agreement_with_cpu_ep_half_up"].get<double>());
+    }
     std::string stages;
     for (const auto& [stage, seconds] : metrics["stage_seconds"].items()) {
         stages +=
@@ -425,11 +453,11 @@ void log_summary(const json& metrics) {
 
 json run_pipeline(const RunOptions& options) {
     const auto run_start = std::chrono::steady_clock::now();
-    ensure_writable_folder(options.out_folder, "--out");
-    check_execution_provider(options.session);
     // The target is read before any stage, so that a bad file stops the run at once.
     const npu::TargetDescription target =
         options.target_file.empty() ? npu::builtin_target() : npu::load_target(options.target_file);
+    ensure_writable_folder(options.out_folder, "--out");
+    check_execution_provider(options.session);
     const bool int8_on_npu_sim = options.provider.resolved == ExecutionProvider::kNpuSim;
     const StagedOutput output(options.out_folder);
 
@@ -439,8 +467,10 @@ json run_pipeline(const RunOptions& options) {
                  int8_on_npu_sim ? fmt::format(" (int8 model; rounding {})",
                                                npu::rounding_name(options.npu_sim.rounding))
                                  : "");
-    if (!options.provider.fallback_reason.empty()) {
-        spdlog::warn("--ep auto chose the CPU: {}", options.provider.fallback_reason);
+    // The options as metrics.json records them, with the encryption key redacted.
+    const nlohmann::json deployment = provider_setup_json(options.provider);
+    for (const auto& [name, value] : deployment["options"].items()) {
+        spdlog::info("Vitis AI option: {}={}", name, value.get<std::string>());
     }
     for (const auto& [name, value] : options.provider.environment) {
         spdlog::info("environment: {}={}", name, value);
@@ -570,9 +600,9 @@ json run_pipeline(const RunOptions& options) {
             OrtModel cpu_session(output.staged(kQdqModelFile), SessionConfig{});
             cpu_ep_int8 = evaluate_classifier(cpu_session, data.test, options.eval_batch_size);
         }
-        NpuSimComparison comparison =
-            compare_npu_sim(qdq.model, qdq_path.string(), data.test, cpu_ep_int8,
-                            options.eval_batch_size, options.npu_sim.fixed_point_multipliers);
+        NpuSimComparison comparison = compare_npu_sim(
+            qdq.model, qdq_path.string(), data.test, cpu_ep_int8, options.eval_batch_size,
+            options.npu_sim, int8_on_npu_sim ? &int8 : nullptr);
         write_file_atomic(output.staged(kNpuSimDifferencesFile), comparison.differences_csv);
         npu_sim_json = std::move(comparison.metrics);
     } catch (const Error& error) {
@@ -638,9 +668,9 @@ json run_pipeline(const RunOptions& options) {
     log_summary(metrics);
     spdlog::info(
         "artifacts in {}/: {}, {}, metrics.json, confusion_matrix_{{fp32,int8}}.csv, "
-        "predictions.csv, quantization_report.json, {}, {}",
+        "predictions.csv, quantization_report.json, {}{}",
         options.out_folder.string(), kFloatModelFile, kQdqModelFile, kEpReportFile,
-        kNpuSimDifferencesFile);
+        npu_sim_json.contains("skipped") ? "" : std::string(", ") + kNpuSimDifferencesFile);
     return metrics;
 }
 

@@ -120,7 +120,13 @@ const char* execution_provider_name(ExecutionProvider provider) {
 }
 
 VitisAiOptions read_vitisai_options_file(const fs::path& path) {
-    const std::string text = read_file(path);
+    std::string text;
+    try {
+        text = read_file(path);
+    } catch (const Error& error) {
+        throw Error(error.code(),
+                    fmt::format("Vitis AI options file (--vitisai-config): {}", error.what()));
+    }
     json document;
     try {
         document = json::parse(text);
