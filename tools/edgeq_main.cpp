@@ -536,8 +536,8 @@ void run_partition(const std::string& model_path, const std::string& target_path
 
 int main(int argc, char** argv) {
     CLI::App app{
-        "edgeq: train, export, quantize (int8 QDQ for an edge NPU) and evaluate an image "
-        "classifier"};
+        "edgeq: train, export, quantize (int8 QDQ for an edge NPU), deploy and evaluate an image "
+        "classifier, and predict the NPU's placement and results without the device"};
     app.require_subcommand(1);
     app.fallthrough();  // -q and -v also work after the command name
     // Usage errors are one line on stderr, like every other error.

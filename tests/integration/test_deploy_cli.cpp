@@ -11,6 +11,7 @@
 
 #include "edgeq/common/files.h"
 #include "edgeq/onnx/model_io.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace edgeq {
@@ -202,36 +203,7 @@ void check_bad_deployment_input_is_one_line(const RunFolder& run) {
 
     // A model with an operator npu-sim lacks: the quantizer keeps Erf in float.
     const fs::path erf_model = scratch / "erf.qdq.onnx";
-    {
-        onnx::ModelProto model;
-        model.set_ir_version(7);
-        model.add_opset_import()->set_version(13);
-        onnx::GraphProto& graph = *model.mutable_graph();
-        graph.set_name("erf");
-        auto add_value = [](onnx::ValueInfoProto* value, const std::string& name) {
-            value->set_name(name);
-            auto* type = value->mutable_type()->mutable_tensor_type();
-            type->set_elem_type(onnx::TensorProto::FLOAT);
-            auto* shape = type->mutable_shape();
-            shape->add_dim()->set_dim_param("N");
-            for (const int64_t size : {int64_t{1}, int64_t{28}, int64_t{28}}) {
-                shape->add_dim()->set_dim_value(size);
-            }
-        };
-        add_value(graph.add_input(), "x");
-        add_value(graph.add_output(), "y");
-        const std::vector<std::array<std::string, 4>> nodes = {{"Relu", "first_relu", "x", "a"},
-                                                               {"Erf", "my_erf", "a", "b"},
-                                                               {"Relu", "last", "b", "y"}};
-        for (const auto& [op, name, input, output] : nodes) {
-            onnx::NodeProto* node = graph.add_node();
-            node->set_op_type(op);
-            node->set_name(name);
-            node->add_input(input);
-            node->add_output(output);
-        }
-        save_onnx_model(model, scratch / "erf.onnx");
-    }
+    test::write_erf_model(scratch / "erf.onnx", 1);
     const test::CommandResult quantized =
         test::run_command(cli() + " -q quantize --calibration-count 500 -m " +
                           (scratch / "erf.onnx").string() + " -o " + erf_model.string());

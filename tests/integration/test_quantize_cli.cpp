@@ -10,6 +10,7 @@
 
 #include "edgeq/common/files.h"
 #include "edgeq/onnx/model_io.h"
+#include "support/model_support.h"
 #include "support/test_support.h"
 
 namespace edgeq {
@@ -41,37 +42,6 @@ void export_checkpoint(const fs::path& path) {
         cli() + " -q export --checkpoint " +
         (test::source_dir() / "models/fashion-cnn.pt").string() + " -o " + path.string());
     ASSERT_EQ(result.exit_code, 0) << result.output;
-}
-
-// A model the quantizer cannot take whole: x -> Relu -> Erf -> Relu -> y, input [N, C, 28, 28].
-void write_erf_model(const fs::path& path, int64_t channels) {
-    onnx::ModelProto model;
-    model.set_ir_version(7);
-    model.add_opset_import()->set_version(13);
-    onnx::GraphProto& graph = *model.mutable_graph();
-    graph.set_name("erf");
-    auto add_value = [channels](onnx::ValueInfoProto* value, const std::string& name) {
-        value->set_name(name);
-        auto* type = value->mutable_type()->mutable_tensor_type();
-        type->set_elem_type(onnx::TensorProto::FLOAT);
-        auto* shape = type->mutable_shape();
-        shape->add_dim()->set_dim_param("N");
-        for (const int64_t size : {channels, int64_t{28}, int64_t{28}}) {
-            shape->add_dim()->set_dim_value(size);
-        }
-    };
-    add_value(graph.add_input(), "x");
-    add_value(graph.add_output(), "y");
-    const std::vector<std::array<std::string, 4>> nodes = {
-        {"Relu", "first_relu", "x", "a"}, {"Erf", "my_erf", "a", "b"}, {"Relu", "last", "b", "y"}};
-    for (const auto& [op, name, input, output] : nodes) {
-        onnx::NodeProto* node = graph.add_node();
-        node->set_op_type(op);
-        node->set_name(name);
-        node->add_input(input);
-        node->add_output(output);
-    }
-    save_onnx_model(model, path);
 }
 
 // Runs a command that must fail: one line on stderr, the expected exit code, no output file.
@@ -180,12 +150,12 @@ TEST(QuantizeCli, BadInputIsOneLineAndNoOutput) {
                          "notes.onnx");
 
     // An operator the quantizer does not handle, with --strict.
-    write_erf_model(scratch / "erf.onnx", 1);
+    test::write_erf_model(scratch / "erf.onnx", 1);
     expect_clean_failure(quantize + "--strict -m " + (scratch / "erf.onnx").string(), 5, output,
                          "my_erf");
 
     // A model input that does not match the calibration images.
-    write_erf_model(scratch / "rgb.onnx", 3);
+    test::write_erf_model(scratch / "rgb.onnx", 3);
     expect_clean_failure(quantize + "-m " + (scratch / "rgb.onnx").string(), 3, output,
                          "[1, 28, 28]");
 

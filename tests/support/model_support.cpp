@@ -1,7 +1,10 @@
 #include "support/model_support.h"
 
+#include <array>
 #include <cmath>
 #include <random>
+
+#include "edgeq/onnx/model_io.h"
 
 namespace edgeq::test {
 
@@ -52,6 +55,36 @@ LabelledImages make_synthetic_images(int64_t count, uint64_t seed) {
         images.labels[static_cast<size_t>(n)] = static_cast<uint8_t>(n % kFashionClassCount);
     }
     return images;
+}
+
+void write_erf_model(const std::filesystem::path& path, int64_t channels) {
+    onnx::ModelProto model;
+    model.set_ir_version(7);
+    model.add_opset_import()->set_version(13);
+    onnx::GraphProto& graph = *model.mutable_graph();
+    graph.set_name("erf");
+    auto add_value = [channels](onnx::ValueInfoProto* value, const std::string& name) {
+        value->set_name(name);
+        auto* type = value->mutable_type()->mutable_tensor_type();
+        type->set_elem_type(onnx::TensorProto::FLOAT);
+        auto* shape = type->mutable_shape();
+        shape->add_dim()->set_dim_param("N");
+        for (const int64_t size : {channels, int64_t{28}, int64_t{28}}) {
+            shape->add_dim()->set_dim_value(size);
+        }
+    };
+    add_value(graph.add_input(), "x");
+    add_value(graph.add_output(), "y");
+    const std::vector<std::array<std::string, 4>> nodes = {
+        {"Relu", "first_relu", "x", "a"}, {"Erf", "my_erf", "a", "b"}, {"Relu", "last", "b", "y"}};
+    for (const auto& [op, name, input, output] : nodes) {
+        onnx::NodeProto* node = graph.add_node();
+        node->set_op_type(op);
+        node->set_name(name);
+        node->add_input(input);
+        node->add_output(output);
+    }
+    save_onnx_model(model, path);
 }
 
 }  // namespace edgeq::test

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 
 #include "edgeq/data/dataset.h"
 #include "edgeq/model/fashion_cnn.h"
@@ -15,5 +16,9 @@ FashionCnn make_random_fashion_cnn(uint64_t seed);
 
 // `count` seeded images of smooth random blobs with labels 0..9, Fashion-MNIST-sized.
 LabelledImages make_synthetic_images(int64_t count, uint64_t seed);
+
+// Writes a float model that neither the quantizer nor npu-sim takes whole:
+// x -> Relu 'first_relu' -> Erf 'my_erf' -> Relu 'last' -> y, input [N, channels, 28, 28].
+void write_erf_model(const std::filesystem::path& path, int64_t channels);
 
 }  // namespace edgeq::test
