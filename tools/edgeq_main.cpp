@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <optional>
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
@@ -13,6 +14,7 @@
 #include "edgeq/npu/partition.h"
 #include "edgeq/npu/target.h"
 #include "edgeq/onnx/export.h"
+#include "edgeq/onnx/model_info.h"
 #include "edgeq/onnx/model_io.h"
 #include "edgeq/onnx/prepare.h"
 #include "edgeq/pipeline/bench.h"
@@ -532,6 +534,27 @@ void run_partition(const std::string& model_path, const std::string& target_path
     spdlog::info("operator report in {}", report_path);
 }
 
+// `edgeq info`: what a model file contains, as text or JSON on stdout.
+void run_info(const std::string& model_path, bool as_json, const std::string& target_path,
+              std::optional<bool> placement) {
+    const onnx::ModelProto model = load_onnx_model(model_path);
+    ModelInfo info = describe_model(model, model_path);
+    info.file_bytes = static_cast<int64_t>(fs::file_size(model_path));
+    if (!info.checker_error.empty()) {
+        spdlog::warn("warning: {}", info.checker_error);
+    }
+
+    // The placement summary is on by default for QDQ models only: the NPU takes no float node.
+    if (placement.value_or(info.quantization.has_value())) {
+        const npu::TargetDescription target =
+            target_path.empty() ? npu::builtin_target() : npu::load_target(target_path);
+        const npu::PartitionReport report = npu::partition_model(model, target);
+        info.placement = PlacementInfo{report.target_name, npu::partition_summary_line(report),
+                                       report.cpu_nodes, report.npu_nodes};
+    }
+    fmt::print("{}", as_json ? model_info_json(info).dump(2) + "\n" : format_model_info(info));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -746,6 +769,26 @@ int main(int argc, char** argv) {
         "Example: edgeq bench --out out\n"
         "         edgeq bench --out out --batch-sizes 1,32,1000 --min-seconds 3");
 
+    // edgeq info
+    std::string info_model_path;
+    bool info_json = false;
+    std::string info_target;
+    std::optional<bool> info_placement;
+    CLI::App* info = app.add_subcommand(
+        "info", "describe an ONNX model: inputs, outputs, operators, parameters, quantization");
+    info->add_option("model", info_model_path, "ONNX model file")->required();
+    info->add_flag("--json", info_json, "print JSON on stdout instead of text");
+    info->add_flag_function(
+        "--placement,!--no-placement", [&](int64_t count) { info_placement = count > 0; },
+        "print (or, with --no-placement, skip) the NPU placement summary; default: printed "
+        "for QDQ models only");
+    info->add_option("--target", info_target,
+                     "NPU target description (JSON) for the placement summary; default: the "
+                     "built-in Strix XINT8 target");
+    info->footer(
+        "Example: edgeq info out/fashion-mnist.qdq.U8S8.onnx\n"
+        "         edgeq info out/fashion-mnist.onnx --json");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
@@ -794,6 +837,8 @@ int main(int argc, char** argv) {
             run_eval(eval_model, data.folder, deploy, eval_batch_size);
         } else if (partition->parsed()) {
             run_partition(partition_model_path, partition_target, partition_report);
+        } else if (info->parsed()) {
+            run_info(info_model_path, info_json, info_target, info_placement);
         } else if (bench->parsed()) {
             bench_options.float_model = fs::path(bench_folder) / kFloatModelFile;
             bench_options.qdq_model = fs::path(bench_folder) / kQdqModelFile;
