@@ -28,16 +28,19 @@ fail() {
 # libopenblas0-pthread matters: without it libtorch falls back to the reference BLAS, about 3x slower.
 # python3-torch and python3-onnx are test oracles only; the product never imports them.
 # python3-torchvision and libonnx-testdata give the tests CNNs that edgeq did not write.
+# cairo draws the figures; chromium only serves the test that opens out/report.html headless.
 debian_packages=(
     build-essential cmake ninja-build pkg-config ca-certificates curl
     libtorch-dev libopenblas0-pthread
     libonnx-dev libprotobuf-dev protobuf-compiler
     dataset-fashion-mnist
     libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev zlib1g-dev libpng-dev
+    libcairo2-dev fonts-dejavu-core
     libgtest-dev libgmock-dev libbenchmark-dev
     python3-torch python3-onnx
     python3-torchvision libonnx-testdata
     nodejs npm
+    chromium
 )
 
 missing_packages=()
