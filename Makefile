@@ -25,6 +25,7 @@ run: build
 	$(EDGEQ) run --out $(OUT)
 	$(EDGEQ) bench --out $(OUT)
 	$(EDGEQ) sweep --out $(OUT)
+	$(EDGEQ) report --out $(OUT)
 
 test: build
 	ctest --preset $(PRESET)

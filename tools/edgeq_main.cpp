@@ -8,6 +8,7 @@
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
 #include "edgeq/common/logging.h"
+#include "edgeq/common/progress.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
 #include "edgeq/npu/npu_sim.h"
@@ -24,6 +25,7 @@
 #include "edgeq/quant/calibration_sources.h"
 #include "edgeq/quant/qdq_summary.h"
 #include "edgeq/quant/quant_report.h"
+#include "edgeq/report/html_report.h"
 
 namespace {
 
@@ -264,8 +266,8 @@ void add_deploy_options(CLI::App& command, DeployFlags& flags) {
     add_npu_sim_options(command, flags);
 }
 
-// `edgeq export`: checkpoint or state_dict -> checked ONNX model.
-void run_export(const std::string& checkpoint, const std::string& state_dict,
+// `edgeq export`: checkpoint or state_dict -> checked ONNX model. Returns the --json summary.
+json run_export(const std::string& checkpoint, const std::string& state_dict,
                 const std::string& output) {
     check_output_file(output, "--output");
     FashionCnn model;
@@ -279,6 +281,7 @@ void run_export(const std::string& checkpoint, const std::string& state_dict,
     save_onnx_model(exported, output);
     spdlog::info("exported {} ({} nodes, opset {}, passes the ONNX checker)", output,
                  exported.graph().node_size(), kExportOpset);
+    return {{"path", output}, {"nodes", exported.graph().node_size()}, {"opset", kExportOpset}};
 }
 
 // The report's SQNR and sensitivity are measured on the first this many calibration samples: each
@@ -314,15 +317,20 @@ void add_calibration_data_options(CLI::App& command, CalibrationFlags& flags) {
 // given); returns them as JSON for the report file.
 json measure_quantization(const QuantizeRun& quantized, CalibrationDataReader& reader,
                           const HeldOutData& held_out) {
-    const std::vector<TensorError> errors = measure_tensor_errors(
-        quantized.prepared_model, quantized.qdq.model, reader, SessionConfig{});
+    Progress error_progress("quantization error", reader.sample_count(), "samples");
+    const std::vector<TensorError> errors =
+        measure_tensor_errors(quantized.prepared_model, quantized.qdq.model, reader,
+                              SessionConfig{}, error_progress.callback());
+    error_progress.finish();
     spdlog::info("per-tensor quantization (SQNR against fp32 on the calibration data):\n{}",
                  format_tensor_table(errors));
     json report = {{"tensors", to_json(errors)}};
     if (held_out.images != nullptr && !held_out.labels.empty()) {
-        const SensitivityReport sensitivity =
-            measure_layer_sensitivity(quantized.prepared_model, quantized.qdq.model,
-                                      *held_out.images, held_out.labels, SessionConfig{});
+        Progress sensitivity_progress("layer sensitivity", 0, "models");
+        const SensitivityReport sensitivity = measure_layer_sensitivity(
+            quantized.prepared_model, quantized.qdq.model, *held_out.images, held_out.labels,
+            SessionConfig{}, sensitivity_progress.callback());
+        sensitivity_progress.finish();
         spdlog::info("per-layer sensitivity (accuracy when only that layer is quantized):\n{}",
                      format_sensitivity_table(sensitivity));
         report["sensitivity"] = to_json(sensitivity);
@@ -330,8 +338,9 @@ json measure_quantization(const QuantizeRun& quantized, CalibrationDataReader& r
     return report;
 }
 
-// `edgeq quantize`: float ONNX model + calibration data -> QDQ model (+ a JSON report).
-void run_quantize(const std::string& model_path, const std::string& output,
+// `edgeq quantize`: float ONNX model + calibration data -> QDQ model (+ a JSON report). Returns
+// the --json summary.
+json run_quantize(const std::string& model_path, const std::string& output,
                   const std::string& report_path, const DataOptions& data_options,
                   const CalibrationFlags& calibration, const QuantizeFlags& flags,
                   bool sensitivity) {
@@ -394,9 +403,11 @@ void run_quantize(const std::string& model_path, const std::string& output,
 
     spdlog::info("quantizing {}: {}, algorithms: {}", model_path,
                  describe_scheme(resolve_scheme(options)), flags.algorithms);
-    const QuantizeRun quantized =
-        quantize_model(float_model, *reader, options, algorithms, SessionConfig{}, model_path,
-                       flags.mixed_precision(), held_out);
+    StepProgress quantize_progress;
+    const QuantizeRun quantized = quantize_model(
+        float_model, *reader, options, algorithms, SessionConfig{}, model_path,
+        flags.mixed_precision(), held_out, quantize_progress_callback(quantize_progress));
+    quantize_progress.finish();
     check_onnx_model(quantized.qdq.model, output);
     for (const std::string& change : quantized.preparation_changes) {
         spdlog::info("prepared: {}", change);
@@ -426,6 +437,13 @@ void run_quantize(const std::string& model_path, const std::string& output,
         model_path, output, quantized.qdq.model.graph().node_size(), reader->sample_count(),
         quantized.qdq.calibration_seconds, report_file,
         format_qdq_summary(summarize_qdq_model(quantized.qdq.model)));
+    return {{"model", model_path},
+            {"scheme", describe_scheme(quantized.qdq.scheme)},
+            {"nodes", quantized.qdq.model.graph().node_size()},
+            {"calibration_samples", reader->sample_count()},
+            {"calibration_seconds", quantized.qdq.calibration_seconds},
+            {"warnings", quantized.qdq.warnings},
+            {"output_files", {output, report_file}}};
 }
 
 // `edgeq sweep`: presets x methods x algorithms on one model, evaluated on the test images.
@@ -441,7 +459,8 @@ struct SweepFlags {
     int64_t calibration_batch_size = 100;
 };
 
-void run_sweep_command(const SweepFlags& flags, const DataOptions& data,
+// Runs the sweep; returns the --json summary.
+json run_sweep_command(const SweepFlags& flags, const DataOptions& data,
                        const SessionConfig& session) {
     SweepOptions options;
     options.data_folder = data.folder;
@@ -465,11 +484,13 @@ void run_sweep_command(const SweepFlags& flags, const DataOptions& data,
     options.eval_batch_size = flags.eval_batch_size;
     options.calibration_batch_size = flags.calibration_batch_size;
     options.session = session;
-    run_sweep(default_sweep_grid(options));
+    json rows = run_sweep(default_sweep_grid(options));
+    return {{"path", (options.out_folder / kSweepFile).string()}, {"rows", std::move(rows)}};
 }
 
-// `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images.
-void run_eval(const std::string& model_path, const std::string& data_folder,
+// `edgeq eval`: accuracy and confusion matrix of an ONNX model on the test images. Returns the
+// --json summary.
+json run_eval(const std::string& model_path, const std::string& data_folder,
               const DeployFlags& deploy, int64_t batch_size) {
     // resolve() warns when --ep auto falls back to the CPU.
     const ProviderSetup setup = deploy.resolve();
@@ -491,7 +512,10 @@ void run_eval(const std::string& model_path, const std::string& data_folder,
         engine = session->execution_provider();
     }
     const LabelledImages test = load_fashion_mnist_test(data_folder);
-    const ClassificationResult result = evaluate_classifier(runner, test, batch_size);
+    Progress progress("evaluate", test.size(), "images");
+    const ClassificationResult result =
+        evaluate_classifier(runner, test, batch_size, progress.callback());
+    progress.finish();
     spdlog::info("{}: accuracy {:.2f}% ({} of {} correct, {} misclassified) on {} in {:.2f} s",
                  model_path, 100.0 * result.accuracy(), result.correct, result.total,
                  result.total - result.correct, engine, result.seconds);
@@ -507,10 +531,31 @@ void run_eval(const std::string& model_path, const std::string& data_folder,
         }
         spdlog::info("{}", row);
     }
+    return {{"model", model_path},
+            {"engine", engine},
+            {"accuracy", result.accuracy()},
+            {"correct", result.correct},
+            {"total", result.total},
+            {"seconds", result.seconds},
+            {"class_names",
+             std::vector<std::string>(kFashionClassNames.begin(), kFashionClassNames.end())},
+            {"confusion_matrix", result.confusion}};
+}
+
+// The --json summary of `edgeq train`, read back from the metadata file written beside the
+// checkpoint.
+json train_summary(const fs::path& checkpoint) {
+    const fs::path metadata_path = checkpoint_metadata_path(checkpoint);
+    const json metadata = json::parse(read_file(metadata_path));
+    return {{"checkpoint", checkpoint.string()},
+            {"metadata", metadata_path.string()},
+            {"test_accuracy", metadata["metrics"]["test_accuracy_fp32_libtorch"]},
+            {"epochs", metadata["metrics"]["epochs"]}};
 }
 
 // `edgeq partition`: where the Vitis AI EP would place each node, and its report file.
-void run_partition(const std::string& model_path, const std::string& target_path,
+// Returns the --json summary: the node counts per device.
+json run_partition(const std::string& model_path, const std::string& target_path,
                    const std::string& report_path) {
     const npu::TargetDescription target =
         target_path.empty() ? npu::builtin_target() : npu::load_target(target_path);
@@ -532,10 +577,15 @@ void run_partition(const std::string& model_path, const std::string& target_path
         spdlog::info("  on the CPU: {}", line);
     }
     spdlog::info("operator report in {}", report_path);
+    return {{"model", model_path},
+            {"report", report_path},
+            {"target", placement.target_name},
+            {"counts", npu::partition_counts_json(placement)}};
 }
 
-// `edgeq info`: what a model file contains, as text or JSON on stdout.
-void run_info(const std::string& model_path, bool as_json, const std::string& target_path,
+// `edgeq info`: what a model file contains. Prints the text on stdout, or returns the JSON for
+// --json.
+json run_info(const std::string& model_path, bool as_json, const std::string& target_path,
               std::optional<bool> placement) {
     const onnx::ModelProto model = load_onnx_model(model_path);
     ModelInfo info = describe_model(model, model_path);
@@ -552,7 +602,22 @@ void run_info(const std::string& model_path, bool as_json, const std::string& ta
         info.placement = PlacementInfo{report.target_name, npu::partition_summary_line(report),
                                        report.cpu_nodes, report.npu_nodes};
     }
-    fmt::print("{}", as_json ? model_info_json(info).dump(2) + "\n" : format_model_info(info));
+    if (as_json) {
+        return model_info_json(info);
+    }
+    fmt::print("{}", format_model_info(info));
+    return nullptr;
+}
+
+// `edgeq report`: the figures and report.html of an output folder. Returns the --json summary.
+json run_report(const std::string& out_folder, const std::string& data_folder) {
+    const std::vector<fs::path> files = report::write_report({out_folder, data_folder});
+    std::vector<std::string> paths;
+    for (const fs::path& file : files) {
+        spdlog::info("wrote {}", file.string());
+        paths.push_back(file.string());
+    }
+    return {{"files", paths}};
 }
 
 }  // namespace
@@ -562,7 +627,7 @@ int main(int argc, char** argv) {
         "edgeq: train, export, quantize (int8 QDQ for an edge NPU), deploy and evaluate an image "
         "classifier, and predict the NPU's placement and results without the device"};
     app.require_subcommand(1);
-    app.fallthrough();  // -q and -v also work after the command name
+    app.fallthrough();  // -q, -v, --log-level and --json also work after the command name
     // Usage errors are one line on stderr, like every other error.
     app.failure_message([](const CLI::App*, const CLI::Error& error) {
         return fmt::format("edgeq: error: {}; run with --help for the options\n", error.what());
@@ -571,6 +636,15 @@ int main(int argc, char** argv) {
     app.add_flag("-q,--quiet", quiet, "print warnings and errors only");
     bool verbose = false;
     app.add_flag("-v,--verbose", verbose, "print debug lines, ONNX Runtime's log among them");
+    std::string log_level;
+    app.add_option("--log-level", log_level,
+                   "lowest level of the lines printed: trace, debug, info, warn or error; "
+                   "overrides -q and -v (progress is shown at info and below)")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+    bool json_output = false;
+    app.add_flag("--json", json_output,
+                 "print the command's summary on stdout as one JSON object and nothing else; "
+                 "log lines and progress go to stderr");
     app.footer(
         "Run 'edgeq <command> --help' for a command's options.\n"
         "Exit codes: 0 success, 1 internal error, 2 usage, 3 invalid input, 4 I/O "
@@ -769,15 +843,29 @@ int main(int argc, char** argv) {
         "Example: edgeq bench --out out\n"
         "         edgeq bench --out out --batch-sizes 1,32,1000 --min-seconds 3");
 
+    // edgeq report
+    std::string report_folder = "out";
+    std::string report_data;
+    CLI::App* report_command = app.add_subcommand(
+        "report", "draw the figures and write report.html from an `edgeq run` output folder");
+    report_command
+        ->add_option("--out", report_folder,
+                     "output folder of `edgeq run`; the figures and report.html are written there")
+        ->capture_default_str();
+    report_command->add_option(
+        "--data", report_data,
+        "Fashion-MNIST folder with the test images (default: the one metrics.json records)");
+    report_command->footer(
+        "Example: edgeq report --out out\n"
+        "         edgeq report --out out --data /usr/share/datasets/fashion-mnist");
+
     // edgeq info
     std::string info_model_path;
-    bool info_json = false;
     std::string info_target;
     std::optional<bool> info_placement;
     CLI::App* info = app.add_subcommand(
         "info", "describe an ONNX model: inputs, outputs, operators, parameters, quantization");
     info->add_option("model", info_model_path, "ONNX model file")->required();
-    info->add_flag("--json", info_json, "print JSON on stdout instead of text");
     info->add_flag_function(
         "--placement,!--no-placement", [&](int64_t count) { info_placement = count > 0; },
         "print (or, with --no-placement, skip) the NPU placement summary; default: printed "
@@ -789,6 +877,13 @@ int main(int argc, char** argv) {
         "Example: edgeq info out/fashion-mnist.qdq.U8S8.onnx\n"
         "         edgeq info out/fashion-mnist.onnx --json");
 
+    // Each command's help names the global options, which CLI11 lists on the main help only.
+    for (CLI::App* command : app.get_subcommands({})) {
+        command->footer(command->get_footer() +
+                        "\nGlobal options (before or after the command): -q, -v, --log-level "
+                        "LEVEL, --json; see 'edgeq --help'.");
+    }
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& error) {
@@ -797,7 +892,19 @@ int main(int argc, char** argv) {
         return code == 0 ? 0 : static_cast<int>(ExitCode::kUsage);
     }
 
-    setup_console_logging(quiet, verbose);
+    ConsoleLogOptions log_options;
+    log_options.level = quiet     ? spdlog::level::warn
+                        : verbose ? spdlog::level::debug
+                                  : spdlog::level::info;
+    if (!log_level.empty()) {
+        log_options.level = parse_log_level(log_level).value();  // CLI11 checked the name
+    }
+    log_options.json = json_output;
+    setup_console_logging(log_options);
+    spdlog::debug("command: {}", join_arguments(argc, argv));
+
+    // The command's summary, printed on stdout with --json once the command has succeeded.
+    json summary;
 
     try {
         SessionConfig session;
@@ -820,32 +927,35 @@ int main(int argc, char** argv) {
             run_options.npu_sim = deploy.npu_sim();
             run_options.target_file = run_target;
             run_options.command_line = join_arguments(argc, argv);
-            run_pipeline(run_options);
+            summary = run_pipeline(run_options);
         } else if (train->parsed()) {
             train_options.seed = data.seed;
             const PreparedData prepared =
                 prepare_data(data.folder, data.calibration_count, data.seed);
             train_and_save(prepared, train_options, train_checkpoint, join_arguments(argc, argv));
+            summary = train_summary(train_checkpoint);
         } else if (export_command->parsed()) {
-            run_export(export_checkpoint, export_state_dict_path, export_output);
+            summary = run_export(export_checkpoint, export_state_dict_path, export_output);
         } else if (quantize->parsed()) {
-            run_quantize(quantize_model_path, quantize_output, quantize_report, data,
-                         calibration_flags, quantize_flags, quantize_sensitivity);
+            summary = run_quantize(quantize_model_path, quantize_output, quantize_report, data,
+                                   calibration_flags, quantize_flags, quantize_sensitivity);
         } else if (sweep->parsed()) {
-            run_sweep_command(sweep_flags, data, session);
+            summary = run_sweep_command(sweep_flags, data, session);
         } else if (eval->parsed()) {
-            run_eval(eval_model, data.folder, deploy, eval_batch_size);
+            summary = run_eval(eval_model, data.folder, deploy, eval_batch_size);
         } else if (partition->parsed()) {
-            run_partition(partition_model_path, partition_target, partition_report);
+            summary = run_partition(partition_model_path, partition_target, partition_report);
         } else if (info->parsed()) {
-            run_info(info_model_path, info_json, info_target, info_placement);
+            summary = run_info(info_model_path, json_output, info_target, info_placement);
         } else if (bench->parsed()) {
             bench_options.float_model = fs::path(bench_folder) / kFloatModelFile;
             bench_options.qdq_model = fs::path(bench_folder) / kQdqModelFile;
             bench_options.out_folder = bench_folder;
             bench_options.data_folder = data.folder;
             bench_options.npu_sim = deploy.npu_sim();
-            run_bench(bench_options);
+            summary = run_bench(bench_options);
+        } else if (report_command->parsed()) {
+            summary = run_report(report_folder, report_data);
         }
     } catch (const Error& error) {
         spdlog::error("edgeq: error: {}", error.what());
@@ -855,6 +965,9 @@ int main(int argc, char** argv) {
         const std::string message = error.what();
         spdlog::error("edgeq: internal error: {}", message.substr(0, message.find('\n')));
         return static_cast<int>(ExitCode::kInternal);
+    }
+    if (json_output) {
+        fmt::print("{}\n", summary.is_null() ? json::object().dump(2) : summary.dump(2));
     }
     return 0;
 }

@@ -47,17 +47,6 @@ int count_lines(const std::string& text) {
     return static_cast<int>(std::count(text.begin(), text.end(), '\n'));
 }
 
-// Runs a command that must fail: one line on stderr naming `must_mention`, the exit code, and
-// no file at `output`.
-void expect_clean_failure(const std::string& command, int exit_code, const fs::path& output,
-                          const std::string& must_mention) {
-    const test::CommandResult result = test::run_command_stderr(command);
-    EXPECT_EQ(result.exit_code, exit_code) << command << "\n" << result.output;
-    EXPECT_EQ(count_lines(result.output), 1) << "not one line: " << result.output;
-    EXPECT_NE(result.output.find(must_mention), std::string::npos) << result.output;
-    EXPECT_FALSE(fs::exists(output)) << "partial output left: " << output;
-}
-
 // The main job runs once (about three minutes here), and every check below reads its output
 // folder. ctest runs each TEST in its own process, so all the checks run inside one TEST.
 struct RunFolder {
@@ -193,13 +182,13 @@ void check_bad_deployment_input_is_one_line(const RunFolder& run) {
 
     // A target description that is not JSON stops the run before any stage.
     write_file_atomic(scratch / "target.json", "{\"name\": \"broken\",\n");
-    expect_clean_failure(cli() + " run --target " + (scratch / "target.json").string() + " --out " +
-                             (scratch / "out").string(),
-                         3, scratch / "out" / "metrics.json", "target.json");
-    expect_clean_failure(cli() + " partition -m " + run.qdq_model().string() + " --target " +
-                             (scratch / "target.json").string() + " --report " +
-                             (scratch / "report.json").string(),
-                         3, scratch / "report.json", "target.json");
+    test::expect_clean_failure(cli() + " run --target " + (scratch / "target.json").string() +
+                                   " --out " + (scratch / "out").string(),
+                               3, scratch / "out" / "metrics.json", "target.json");
+    test::expect_clean_failure(cli() + " partition -m " + run.qdq_model().string() + " --target " +
+                                   (scratch / "target.json").string() + " --report " +
+                                   (scratch / "report.json").string(),
+                               3, scratch / "report.json", "target.json");
 
     // A model with an operator npu-sim lacks: the quantizer keeps Erf in float.
     const fs::path erf_model = scratch / "erf.qdq.onnx";

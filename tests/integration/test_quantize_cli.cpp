@@ -44,17 +44,6 @@ void export_checkpoint(const fs::path& path) {
     ASSERT_EQ(result.exit_code, 0) << result.output;
 }
 
-// Runs a command that must fail: one line on stderr, the expected exit code, no output file.
-void expect_clean_failure(const std::string& command, int exit_code, const fs::path& output,
-                          const std::string& must_mention) {
-    const test::CommandResult result = test::run_command_stderr(command);
-    EXPECT_EQ(result.exit_code, exit_code) << command << "\n" << result.output;
-    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1)
-        << "not one line: " << result.output;
-    EXPECT_NE(result.output.find(must_mention), std::string::npos) << result.output;
-    EXPECT_FALSE(fs::exists(output)) << "partial output left: " << output;
-}
-
 TEST(QuantizeAcceptance, SweepBestXint8WithinTwoTenthsOfFp32) {
     if (!have_real_data_and_checkpoint()) {
         GTEST_SKIP() << "needs Debian's dataset-fashion-mnist and models/fashion-cnn.pt";
@@ -146,28 +135,29 @@ TEST(QuantizeCli, BadInputIsOneLineAndNoOutput) {
 
     // Not an ONNX file.
     write_file_atomic(scratch / "notes.onnx", "this is not a model\n");
-    expect_clean_failure(quantize + "-m " + (scratch / "notes.onnx").string(), 3, output,
-                         "notes.onnx");
+    test::expect_clean_failure(quantize + "-m " + (scratch / "notes.onnx").string(), 3, output,
+                               "notes.onnx");
 
     // An operator the quantizer does not handle, with --strict.
     test::write_erf_model(scratch / "erf.onnx", 1);
-    expect_clean_failure(quantize + "--strict -m " + (scratch / "erf.onnx").string(), 5, output,
-                         "my_erf");
+    test::expect_clean_failure(quantize + "--strict -m " + (scratch / "erf.onnx").string(), 5,
+                               output, "my_erf");
 
     // A model input that does not match the calibration images.
     test::write_erf_model(scratch / "rgb.onnx", 3);
-    expect_clean_failure(quantize + "-m " + (scratch / "rgb.onnx").string(), 3, output,
-                         "[1, 28, 28]");
+    test::expect_clean_failure(quantize + "-m " + (scratch / "rgb.onnx").string(), 3, output,
+                               "[1, 28, 28]");
 
     // An empty calibration set.
     fs::create_directories(scratch / "no-images");
-    expect_clean_failure(quantize + "-m " + (scratch / "erf.onnx").string() +
-                             " --calibration-data " + (scratch / "no-images").string(),
-                         3, output, "no-images");
+    test::expect_clean_failure(quantize + "-m " + (scratch / "erf.onnx").string() +
+                                   " --calibration-data " + (scratch / "no-images").string(),
+                               3, output, "no-images");
 
     // What the NPU cannot do.
-    expect_clean_failure(quantize + "-m " + (scratch / "erf.onnx").string() + " --per-channel", 2,
-                         output, "per-channel");
+    test::expect_clean_failure(
+        quantize + "-m " + (scratch / "erf.onnx").string() + " --per-channel", 2, output,
+        "per-channel");
 }
 
 }  // namespace

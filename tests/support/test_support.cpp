@@ -4,10 +4,13 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+
+#include <gtest/gtest.h>
 
 namespace edgeq::test {
 namespace fs = std::filesystem;
@@ -100,6 +103,16 @@ std::string python_with_module(const std::string& module) {
         }
     }
     return {};
+}
+
+void expect_clean_failure(const std::string& command, int exit_code, const fs::path& output,
+                          const std::string& must_mention) {
+    const CommandResult result = run_command_stderr(command);
+    EXPECT_EQ(result.exit_code, exit_code) << command << "\n" << result.output;
+    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1)
+        << "not one line: " << result.output;
+    EXPECT_NE(result.output.find(must_mention), std::string::npos) << result.output;
+    EXPECT_FALSE(fs::exists(output)) << "partial output left: " << output;
 }
 
 }  // namespace edgeq::test

@@ -49,6 +49,12 @@ CommandResult run_command(const std::string& command);
 // Runs a shell command, discards its stdout and captures its stderr only.
 CommandResult run_command_stderr(const std::string& command);
 
+// Runs a command that must fail cleanly: exactly one line on stderr that contains
+// `must_mention`, the exit code `exit_code`, and no file left at `output`. Reports through
+// GoogleTest's EXPECT macros.
+void expect_clean_failure(const std::string& command, int exit_code,
+                          const std::filesystem::path& output, const std::string& must_mention);
+
 // A python3 command that can import `module`: python3 on PATH, else Debian's /usr/bin/python3
 // (which a pyenv or virtualenv python3 earlier on PATH hides), else empty.
 std::string python_with_module(const std::string& module);

@@ -45,7 +45,8 @@ void augment_image(const uint8_t* source, float* destination, int dx, int dy, bo
 
 std::vector<EpochStats> train_fashion_cnn(
     FashionCnn& model, const LabelledImages& train, const LabelledImages& held_out,
-    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end) {
+    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end,
+    const std::function<void(const BatchStats&)>& on_batch_end) {
     torch::manual_seed(options.seed);
     std::mt19937_64 generator(options.seed);
 
@@ -113,6 +114,10 @@ std::vector<EpochStats> train_fashion_cnn(
 
             loss_sum += loss.item<double>();
             correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+            if (on_batch_end) {
+                on_batch_end(
+                    {epoch + 1, b + 1, batch_count, loss_sum / static_cast<double>(b + 1)});
+            }
         }
 
         EpochStats stats;

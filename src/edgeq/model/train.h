@@ -30,11 +30,21 @@ struct EpochStats {
     double seconds = 0;
 };
 
+// Position of training inside an epoch, after one optimizer step.
+struct BatchStats {
+    int epoch = 0;            // 1-based
+    int64_t batch = 0;        // 1-based, batches done in this epoch
+    int64_t batch_count = 0;  // batches per epoch (a final partial batch is dropped)
+    double running_loss = 0;  // mean cross-entropy over this epoch's batches so far
+};
+
 // Trains `model` in place on `train` and measures `held_out` after each epoch. Calls
-// `on_epoch_end` with each epoch's statistics (for progress output) and returns them all.
+// `on_batch_end` after every optimizer step and `on_epoch_end` with each epoch's statistics (both
+// for progress output, either may be empty) and returns the epochs' statistics.
 std::vector<EpochStats> train_fashion_cnn(
     FashionCnn& model, const LabelledImages& train, const LabelledImages& held_out,
-    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end);
+    const TrainOptions& options, const std::function<void(const EpochStats&)>& on_epoch_end,
+    const std::function<void(const BatchStats&)>& on_batch_end = {});
 
 // Runs `model` in eval mode over `images` and returns the logits [count, 10], row-major.
 std::vector<float> predict_logits(FashionCnn& model, const LabelledImages& images,

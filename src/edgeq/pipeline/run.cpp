@@ -15,6 +15,7 @@
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
+#include "edgeq/common/progress.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
 #include "edgeq/npu/partition.h"
@@ -24,6 +25,7 @@
 #include "edgeq/pipeline/train_stage.h"
 #include "edgeq/quant/qdq_summary.h"
 #include "edgeq/quant/quant_report.h"
+#include "edgeq/report/html_report.h"
 
 namespace edgeq {
 namespace fs = std::filesystem;
@@ -256,6 +258,18 @@ json quantized_tensor_json(const QuantizedTensor& tensor) {
     return row;
 }
 
+// The nodes the placement keeps on the CPU, each with the reason.
+json cpu_placement_json(const npu::PartitionReport& placement) {
+    json nodes = json::array();
+    for (const npu::NodePlacement& node : placement.nodes) {
+        if (node.device == npu::kCpuDevice) {
+            nodes.push_back(
+                {{"node", node.node_name}, {"op_type", node.op_type}, {"reason", node.reason}});
+        }
+    }
+    return nodes;
+}
+
 // The quantizer's choices, joined with the measured errors (SQNR, clipped share) by tensor name.
 json quantization_report_json(const QuantizeRun& run, const QuantizeOptions& options,
                               const std::vector<TensorError>& errors,
@@ -346,7 +360,13 @@ NpuSimComparison compare_npu_sim(const onnx::ModelProto& qdq_model, const std::s
                                                 const std::vector<int64_t>& shape) {
             return simulator.run(input, shape);
         };
-        results[r] = evaluate_classifier(runner, test, batch_size);
+        // The log line below is this pass's summary.
+        ProgressOutput progress_output = console_progress_output();
+        progress_output.summary = false;
+        Progress progress(fmt::format("npu-sim {}", npu::rounding_name(roundings[r])), test.size(),
+                          "images", progress_output);
+        results[r] = evaluate_classifier(runner, test, batch_size, progress.callback());
+        progress.finish();
         spdlog::info("npu-sim, rounding {}: accuracy {:.2f}% in {:.1f} s ({:.0f} images/s)",
                      npu::rounding_name(roundings[r]), 100.0 * results[r].accuracy(),
                      results[r].seconds, static_cast<double>(test.size()) / results[r].seconds);
@@ -397,6 +417,17 @@ NpuSimComparison compare_npu_sim(const onnx::ModelProto& qdq_model, const std::s
         agreeing[0], test.size(), 100.0 * static_cast<double>(agreeing[0]) / total, agreeing[1],
         100.0 * static_cast<double>(agreeing[1]) / total);
     return comparison;
+}
+
+// Evaluates `model` (an OrtModel or a BatchRunner) with a progress reporter named `label`.
+template <typename Model>
+ClassificationResult evaluate_with_progress(Model& model, const LabelledImages& images,
+                                            int64_t batch_size, const std::string& label) {
+    Progress progress(label, images.size(), "images");
+    ClassificationResult result =
+        evaluate_classifier(model, images, batch_size, progress.callback());
+    progress.finish();
+    return result;
 }
 
 void log_summary(const json& metrics) {
@@ -451,6 +482,12 @@ void log_summary(const json& metrics) {
 
 }  // namespace
 
+ProgressCallback quantize_progress_callback(StepProgress& progress) {
+    return [&progress](const std::string& step, int64_t done, int64_t total) {
+        progress.update(step, done, total, step == "calibration" ? "samples" : "layers");
+    };
+}
+
 json run_pipeline(const RunOptions& options) {
     const auto run_start = std::chrono::steady_clock::now();
     // The target is read before any stage, so that a bad file stops the run at once.
@@ -475,9 +512,11 @@ json run_pipeline(const RunOptions& options) {
     for (const auto& [name, value] : options.provider.environment) {
         spdlog::info("environment: {}={}", name, value);
     }
+    const std::vector<std::string> algorithms = algorithm_names(options.algorithms);
     spdlog::info("quantization: {}; algorithms: {}",
                  describe_scheme(resolve_scheme(options.quantize)),
-                 fmt::format("{}", fmt::join(algorithm_names(options.algorithms), ", ")));
+                 algorithms.empty() ? std::string("none")
+                                    : fmt::format("{}", fmt::join(algorithms, ", ")));
     StageClock clock;
 
     // 1. Data: the official split, with calibration images held out of training.
@@ -507,9 +546,12 @@ json run_pipeline(const RunOptions& options) {
     LabelledImagesReader reader(data.calibration, options.quantize.calibration_batch_size);
     const HeldOutData held_out{&reader, std::vector<int64_t>(data.calibration.labels.begin(),
                                                              data.calibration.labels.end())};
-    const QuantizeRun quantized = quantize_model(
-        float_model, reader, options.quantize, options.algorithms, SessionConfig{},
-        output.final_path(kFloatModelFile).string(), options.mixed_precision, held_out);
+    StepProgress quantize_progress;
+    const QuantizeRun quantized =
+        quantize_model(float_model, reader, options.quantize, options.algorithms, SessionConfig{},
+                       output.final_path(kFloatModelFile).string(), options.mixed_precision,
+                       held_out, quantize_progress_callback(quantize_progress));
+    quantize_progress.finish();
     const QdqModel& qdq = quantized.qdq;
     check_onnx_model(qdq.model, qdq_path.string());
     save_onnx_model(qdq.model, output.staged(kQdqModelFile));
@@ -526,12 +568,17 @@ json run_pipeline(const RunOptions& options) {
     clock.stop();
 
     clock.start("quantization report");
-    const std::vector<TensorError> errors =
-        measure_tensor_errors(quantized.prepared_model, qdq.model, reader, SessionConfig{});
+    Progress error_progress("quantization error", reader.sample_count(), "samples");
+    const std::vector<TensorError> errors = measure_tensor_errors(
+        quantized.prepared_model, qdq.model, reader, SessionConfig{}, error_progress.callback());
+    error_progress.finish();
     spdlog::info("per-tensor quantization (SQNR against fp32 on the calibration images):\n{}",
                  format_tensor_table(errors));
-    const SensitivityReport sensitivity = measure_layer_sensitivity(
-        quantized.prepared_model, qdq.model, reader, held_out.labels, SessionConfig{});
+    Progress sensitivity_progress("layer sensitivity", 0, "models");
+    const SensitivityReport sensitivity =
+        measure_layer_sensitivity(quantized.prepared_model, qdq.model, reader, held_out.labels,
+                                  SessionConfig{}, sensitivity_progress.callback());
+    sensitivity_progress.finish();
     spdlog::info(
         "per-layer sensitivity (calibration images, accuracy when only that layer is "
         "quantized):\n{}",
@@ -579,9 +626,9 @@ json run_pipeline(const RunOptions& options) {
     // 7. Evaluation on the test images.
     clock.start("evaluate");
     const ClassificationResult fp32 =
-        evaluate_classifier(float_session, data.test, options.eval_batch_size);
+        evaluate_with_progress(float_session, data.test, options.eval_batch_size, "evaluate fp32");
     const ClassificationResult int8 =
-        evaluate_classifier(int8_runner, data.test, options.eval_batch_size);
+        evaluate_with_progress(int8_runner, data.test, options.eval_batch_size, "evaluate int8");
     write_confusion_csv(fp32.confusion, output.staged("confusion_matrix_fp32.csv"));
     write_confusion_csv(int8.confusion, output.staged("confusion_matrix_int8.csv"));
     write_predictions_csv(data.test, fp32, int8, output.staged("predictions.csv"));
@@ -598,7 +645,8 @@ json run_pipeline(const RunOptions& options) {
             cpu_ep_int8 = int8;
         } else {
             OrtModel cpu_session(output.staged(kQdqModelFile), SessionConfig{});
-            cpu_ep_int8 = evaluate_classifier(cpu_session, data.test, options.eval_batch_size);
+            cpu_ep_int8 = evaluate_with_progress(cpu_session, data.test, options.eval_batch_size,
+                                                 "evaluate int8 (CPU EP)");
         }
         NpuSimComparison comparison = compare_npu_sim(
             qdq.model, qdq_path.string(), data.test, cpu_ep_int8, options.eval_batch_size,
@@ -638,6 +686,7 @@ json run_pipeline(const RunOptions& options) {
                            : options.retrain  ? output.final_path(kTrainedCheckpointFile).string()
                                               : options.checkpoint.string();
     json metrics = {
+        {"command", options.command_line},
         {"dataset", dataset},
         {"model", model_source},
         {"fp32", fp32_json},
@@ -654,6 +703,7 @@ json run_pipeline(const RunOptions& options) {
           {"algorithms", algorithm_names(options.algorithms)},
           {"float_nodes", qdq.float_nodes.size()}}},
         {"partition", npu::partition_counts_json(placement)},
+        {"cpu_placement", cpu_placement_json(placement)},
         {"npu_sim", npu_sim_json},
         {"deployment", provider_setup_json(options.provider)},
         {"reference", {{"report_int8_accuracy", kReportInt8Accuracy}}},
@@ -671,6 +721,18 @@ json run_pipeline(const RunOptions& options) {
         "predictions.csv, quantization_report.json, {}{}",
         options.out_folder.string(), kFloatModelFile, kQdqModelFile, kEpReportFile,
         npu_sim_json.contains("skipped") ? "" : std::string(", ") + kNpuSimDifferencesFile);
+
+    // 9. The figures and report.html, read back from the committed folder. This stage's time
+    //    is not in metrics.json, which is already written.
+    spdlog::info("[report]");
+    const std::vector<fs::path> report_files =
+        report::write_report({options.out_folder, options.data_folder});
+    std::vector<std::string> report_names;
+    for (const fs::path& file : report_files) {
+        report_names.push_back(file.filename().string());
+    }
+    spdlog::info("report in {}/: {}", options.out_folder.string(),
+                 fmt::format("{}", fmt::join(report_names, ", ")));
     return metrics;
 }
 

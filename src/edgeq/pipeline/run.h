@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "edgeq/common/progress.h"
 #include "edgeq/model/train.h"
 #include "edgeq/npu/npu_sim.h"
 #include "edgeq/quant/quantize_model.h"
@@ -62,5 +63,9 @@ struct RunOptions {
 // appear in the output folder only when every stage succeeded (a checkpoint trained by
 // --retrain is kept as soon as training ends).
 nlohmann::ordered_json run_pipeline(const RunOptions& options);
+
+// A quantize_model progress callback that shows its steps on `progress`: calibration counted in
+// samples, AdaRound in layers. `progress` must outlive the callback.
+ProgressCallback quantize_progress_callback(StepProgress& progress);
 
 }  // namespace edgeq

@@ -8,6 +8,7 @@
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
+#include "edgeq/common/progress.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/fashion_cnn.h"
 #include "edgeq/onnx/export.h"
@@ -116,6 +117,12 @@ json run_sweep(const SweepOptions& options) {
         "fp32 accuracy {:.2f}%",
         cases.size(), model_label, test.size(), data.calibration.size(), 100.0 * fp32);
 
+    // The "[c/n]" line of each configuration and the closing "wrote" line are the record, so the
+    // bar writes no summary line.
+    ProgressOutput progress_output = console_progress_output();
+    progress_output.summary = false;
+    Progress progress("sweep", static_cast<int64_t>(cases.size()), "configurations",
+                      progress_output);
     json rows = json::array();
     for (size_t c = 0; c < cases.size(); ++c) {
         const SweepCase& sweep_case = cases[c];
@@ -143,7 +150,9 @@ json run_sweep(const SweepOptions& options) {
                      algorithms_text(sweep_case.algorithms), 100.0 * accuracy,
                      100.0 * (accuracy - fp32), run.seconds);
         rows.push_back(row);
+        progress.update(static_cast<int64_t>(c + 1));
     }
+    progress.finish();
     write_file_atomic(sweep_path, rows.dump(2) + "\n");
 
     // The table, best first within each preset's block as run.

@@ -5,6 +5,7 @@
 
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
+#include "edgeq/common/progress.h"
 
 namespace edgeq {
 namespace fs = std::filesystem;
@@ -44,14 +45,30 @@ FashionCnn train_and_save(const PreparedData& data, const TrainOptions& options,
     // Seed before the model exists: its initial weights come from libtorch's default generator.
     torch::manual_seed(options.seed);
     FashionCnn model;
+    // One bar per epoch over its training images. The per-epoch log line below is the record of
+    // the epoch, so the bar writes no summary line of its own.
+    ProgressOutput progress_output = console_progress_output();
+    progress_output.summary = false;
+    Progress progress(fmt::format("epoch 1/{}", options.epochs), 0, "images", progress_output);
+    const auto on_batch_end = [&](const BatchStats& batch) {
+        if (batch.batch == 1) {
+            progress.restart(fmt::format("epoch {}/{}", batch.epoch, options.epochs),
+                             batch.batch_count * options.batch_size);
+        }
+        progress.set_postfix(fmt::format("loss {:.4f}", batch.running_loss));
+        progress.update(batch.batch * options.batch_size);
+    };
     const std::vector<EpochStats> history = train_fashion_cnn(
-        model, data.train, data.calibration, options, [&](const EpochStats& stats) {
+        model, data.train, data.calibration, options,
+        [&](const EpochStats& stats) {
+            progress.finish();
             spdlog::info(
                 "epoch {:>2}/{}  lr {:.2e}  loss {:.4f}  train acc {:.4f}  "
                 "held-out acc {:.4f}  {:.1f} s",
                 stats.epoch, options.epochs, stats.learning_rate, stats.train_loss,
                 stats.train_accuracy, stats.held_out_accuracy, stats.seconds);
-        });
+        },
+        on_batch_end);
 
     // A diverged training (NaN weights) must not leave a checkpoint that looks usable.
     check_fashion_cnn_state_dict(export_state_dict(model), "the trained model");
