@@ -967,7 +967,10 @@ int main(int argc, char** argv) {
         return static_cast<int>(ExitCode::kInternal);
     }
     if (json_output) {
-        fmt::print("{}\n", summary.is_null() ? json::object().dump(2) : summary.dump(2));
+        // A path that is not valid UTF-8 is printed with U+FFFD in place of its bad bytes, where
+        // a plain dump() would throw after the command has done its work.
+        const json printed = summary.is_null() ? json::object() : summary;
+        fmt::print("{}\n", printed.dump(2, ' ', false, json::error_handler_t::replace));
     }
     return 0;
 }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <memory>
 
@@ -248,6 +249,60 @@ void check_report_command_rebuilds_the_same_file(const fs::path& out) {
     EXPECT_EQ(read_file(out / kReportFile), before);
 }
 
+// Copies the run's input files (not its figures or report) into `folder`, for a broken copy.
+void copy_report_inputs(const fs::path& out, const fs::path& folder) {
+    for (const char* name : {"metrics.json", "predictions.csv", "confusion_matrix_fp32.csv",
+                             "confusion_matrix_int8.csv", "quantization_report.json"}) {
+        fs::copy_file(out / name, folder / name);
+    }
+}
+
+// Runs `edgeq report` on a copy of the run broken by `breaks` and expects exit code 3 (invalid
+// input), one line that mentions `must_mention`, and no figure or report.html.
+void expect_rejected_copy(const fs::path& out, const std::string& case_name,
+                          const std::function<void(const fs::path&)>& breaks,
+                          const std::string& must_mention) {
+    SCOPED_TRACE(case_name);
+    const ScratchFolder folder("report-" + case_name);
+    copy_report_inputs(out, folder.path());
+    breaks(folder.path());
+    const test::CommandResult result =
+        test::run_command_stderr(cli() + " report --out " + quoted(folder.path()));
+    EXPECT_EQ(result.exit_code, static_cast<int>(ExitCode::kInvalidInput)) << result.output;
+    EXPECT_EQ(count_lines(result.output), 1) << "not one line: " << result.output;
+    EXPECT_NE(result.output.find(must_mention), std::string::npos) << result.output;
+    for (const char* name : kFigureFiles) {
+        EXPECT_FALSE(fs::exists(folder / name)) << name;
+    }
+    EXPECT_FALSE(fs::exists(folder / kReportFile));
+}
+
+void check_broken_copies_are_rejected(const fs::path& out) {
+    // predictions.csv cut at a line end still parses, so only the count against the confusion
+    // matrices shows that rows are missing.
+    expect_rejected_copy(
+        out, "cut-predictions",
+        [](const fs::path& folder) {
+            const std::string csv = read_file(folder / "predictions.csv");
+            const size_t half_line_end = csv.rfind('\n', csv.size() / 2);
+            write_file_atomic(folder / "predictions.csv", csv.substr(0, half_line_end + 1));
+        },
+        "predictions.csv");
+    expect_rejected_copy(
+        out, "array-quantization-report",
+        [](const fs::path& folder) {
+            write_file_atomic(folder / "quantization_report.json", "[1]");
+        },
+        "quantization_report.json");
+    expect_rejected_copy(
+        out, "cut-metrics",
+        [](const fs::path& folder) {
+            const std::string metrics = read_file(folder / "metrics.json");
+            write_file_atomic(folder / "metrics.json", metrics.substr(0, metrics.size() / 2));
+        },
+        "metrics.json");
+}
+
 TEST_F(ReportRun, FiguresAndSelfContainedHtml) {
     EXPECT_NE(run_.output.find("report.html"), std::string::npos)
         << "the run does not log the report's files";
@@ -262,6 +317,10 @@ TEST_F(ReportRun, FiguresAndSelfContainedHtml) {
     {
         SCOPED_TRACE("check_report_command_rebuilds_the_same_file");
         check_report_command_rebuilds_the_same_file(out());
+    }
+    {
+        SCOPED_TRACE("check_broken_copies_are_rejected");
+        check_broken_copies_are_rejected(out());
     }
     {
         SCOPED_TRACE("check_chromium_renders_the_report");

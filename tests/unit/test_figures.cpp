@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -233,6 +234,18 @@ TEST(Figures, NoMisclassifiedImagesStillDraws) {
     const LabelledImages images = synthetic_images();
     draw_misclassified(images, images.labels, folder / kMisclassifiedFigure);
     const DecodedPng png = decode_png(folder / kMisclassifiedFigure);
+    ASSERT_TRUE(png.error.empty()) << png.error;
+    EXPECT_GE(ink_share(png), kMinInkShare);
+}
+
+TEST(Figures, NonFiniteSqnrStillDraws) {
+    const ScratchFolder folder("figures-non-finite");
+    const std::vector<TensorSqnr> sqnrs = {
+        {"input", "activation", std::numeric_limits<double>::quiet_NaN()},
+        {"conv.weight", "weight", std::numeric_limits<double>::infinity()},
+        {"conv.bias", "bias", std::nullopt}};
+    draw_layer_sqnr(sqnrs, folder / kLayerSqnrFigure);
+    const DecodedPng png = decode_png(folder / kLayerSqnrFigure);
     ASSERT_TRUE(png.error.empty()) << png.error;
     EXPECT_GE(ink_share(png), kMinInkShare);
 }

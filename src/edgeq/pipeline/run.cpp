@@ -513,10 +513,9 @@ json run_pipeline(const RunOptions& options) {
         spdlog::info("environment: {}={}", name, value);
     }
     const std::vector<std::string> algorithms = algorithm_names(options.algorithms);
-    spdlog::info("quantization: {}; algorithms: {}",
-                 describe_scheme(resolve_scheme(options.quantize)),
-                 algorithms.empty() ? std::string("none")
-                                    : fmt::format("{}", fmt::join(algorithms, ", ")));
+    spdlog::info(
+        "quantization: {}; algorithms: {}", describe_scheme(resolve_scheme(options.quantize)),
+        algorithms.empty() ? std::string("none") : fmt::format("{}", fmt::join(algorithms, ", ")));
     StageClock clock;
 
     // 1. Data: the official split, with calibration images held out of training.
@@ -685,6 +684,14 @@ json run_pipeline(const RunOptions& options) {
     model_source["path"] = options.state_dict ? options.state_dict->string()
                            : options.retrain  ? output.final_path(kTrainedCheckpointFile).string()
                                               : options.checkpoint.string();
+    // The checkpoint's training record, by absolute path, so that `edgeq report` run from another
+    // folder still draws the training curves.
+    if (!options.state_dict) {
+        const fs::path record = checkpoint_metadata_path(model_source["path"].get<std::string>());
+        if (fs::exists(record)) {
+            model_source["training_record"] = fs::absolute(record).lexically_normal().string();
+        }
+    }
     json metrics = {
         {"command", options.command_line},
         {"dataset", dataset},

@@ -209,7 +209,11 @@ void check_classes(const LabelledImages& images, std::span<const uint8_t> predic
 
 // Tick values for an axis over [low, high]: steps of 1, 2 or 5 times a power of ten, about
 // `count` of them.
+// Never empty: a degenerate or non-finite range gives the single tick 0.
 std::vector<double> nice_ticks(double low, double high, int count) {
+    if (!std::isfinite(low) || !std::isfinite(high) || !(high > low)) {
+        return {0.0};
+    }
     const double raw_step = (high - low) / std::max(1, count);
     const double magnitude = std::pow(10.0, std::floor(std::log10(raw_step)));
     double step = magnitude;
@@ -697,7 +701,7 @@ void draw_layer_sqnr(std::span<const TensorSqnr> tensors, const fs::path& path) 
     double high = 0;
     double low = 0;
     for (const TensorSqnr& tensor : tensors) {
-        if (tensor.sqnr_db) {
+        if (tensor.sqnr_db && std::isfinite(*tensor.sqnr_db)) {
             high = std::max(high, *tensor.sqnr_db);
             low = std::min(low, *tensor.sqnr_db);
         }
@@ -740,6 +744,11 @@ void draw_layer_sqnr(std::span<const TensorSqnr> tensors, const fs::path& path) 
             continue;
         }
         const double value = *tensor.sqnr_db;
+        if (!std::isfinite(value)) {
+            canvas.text(x_of(0) + 5, y + kRowHeight - 7, fmt::format("{} dB", value),
+                        {.size = kSmallSize, .colour = kGrey});
+            continue;
+        }
         const double start = x_of(std::min(0.0, value));
         const double end = x_of(std::max(0.0, value));
         canvas.fill_rectangle(start, y + 3, end - start, kRowHeight - 6, colour);

@@ -68,11 +68,25 @@ json read_json_file(const fs::path& path) {
     }
 }
 
-std::optional<json> read_optional_json(const fs::path& path) {
+// Reads an optional file whose top level must be a JSON object (`array` false) or array.
+std::optional<json> read_optional_json(const fs::path& path, bool array = false) {
     if (!fs::exists(path)) {
         return std::nullopt;
     }
-    return read_json_file(path);
+    json document = read_json_file(path);
+    if (array ? !document.is_array() : !document.is_object()) {
+        fail(ExitCode::kInvalidInput, "'{}' is not a JSON {}; rerun the command that wrote it",
+             path.string(), array ? "array" : "object");
+    }
+    return document;
+}
+
+// A line without the '\r' that a CRLF line ending leaves behind.
+std::string without_carriage_return(std::string line) {
+    if (!line.empty() && line.back() == '\r') {
+        line.pop_back();
+    }
+    return line;
 }
 
 std::vector<std::string> split_csv_line(const std::string& line) {
@@ -111,6 +125,7 @@ Predictions read_predictions(const fs::path& path) {
     std::istringstream stream(read_file(path));
     std::string line;
     std::getline(stream, line);
+    line = without_carriage_return(line);
     if (line != "index,label,fp32,int8") {
         fail(ExitCode::kInvalidInput,
              "{}: the header is '{}', expected 'index,label,fp32,int8'; rerun `edgeq run`",
@@ -120,6 +135,7 @@ Predictions read_predictions(const fs::path& path) {
     int line_number = 1;
     while (std::getline(stream, line)) {
         ++line_number;
+        line = without_carriage_return(line);
         if (line.empty()) {
             continue;
         }
@@ -156,6 +172,7 @@ ConfusionMatrix read_confusion(const fs::path& path) {
             fail(ExitCode::kInvalidInput, "{}: {} class rows, expected {}; rerun `edgeq run`",
                  path.string(), t, kFashionClassCount);
         }
+        line = without_carriage_return(line);
         const std::vector<std::string> fields = split_csv_line(line);
         if (fields.size() != kFashionClassCount + 1 || fields[0] != kFashionClassNames[t]) {
             fail(ExitCode::kInvalidInput,
@@ -219,11 +236,14 @@ LabelledImages load_test_images(const ReportOptions& options, const json& metric
 }
 
 // The training record beside the checkpoint that the run started from (models/fashion-cnn.json
-// for the shipped checkpoint), or an empty path when the run did not start from one.
-// NOTE: metrics.json records the checkpoint path as given to `edgeq run`, relative to the folder
-// the run started in. A report made from another folder finds the record only for --retrain,
-// whose checkpoint is in the output folder.
+// for the shipped checkpoint), or an empty path when the run did not start from one. Runs record
+// its absolute path. Older metrics.json files only have the checkpoint path as given to `edgeq
+// run`, which is relative to the folder the run started in.
 fs::path find_training_record(const json& metrics, const fs::path& out_folder) {
+    const json recorded = lookup(metrics, {"model", "training_record"});
+    if (recorded.is_string() && fs::exists(recorded.get<std::string>())) {
+        return recorded.get<std::string>();
+    }
     const json source = lookup(metrics, {"model", "source"});
     const json checkpoint = lookup(metrics, {"model", "path"});
     if (!source.is_string() || !checkpoint.is_string() || source == "state_dict") {
@@ -264,6 +284,40 @@ std::vector<EpochStats> read_epochs(const fs::path& record) {
     return stats;
 }
 
+int64_t confusion_total(const ConfusionMatrix& confusion) {
+    int64_t total = 0;
+    for (const auto& row : confusion) {
+        for (const int64_t count : row) {
+            total += count;
+        }
+    }
+    return total;
+}
+
+// The run writes predictions.csv, both confusion matrices and the totals in metrics.json from one
+// evaluation, so differing image counts mean that a file was cut short or comes from another run.
+void check_image_counts(const ReportInputs& inputs, const fs::path& out) {
+    const auto rows = static_cast<int64_t>(inputs.predictions.labels.size());
+    // metrics.json's total, or the row count when it records none.
+    auto recorded_total = [&](const char* model) {
+        const json total = lookup(inputs.metrics, {model, "total"});
+        return total.is_number() ? total.get<int64_t>() : rows;
+    };
+    const std::array<std::pair<const char*, int64_t>, 4> counts = {{
+        {"confusion_matrix_fp32.csv", confusion_total(inputs.confusion_fp32)},
+        {"confusion_matrix_int8.csv", confusion_total(inputs.confusion_int8)},
+        {"metrics.json (fp32.total)", recorded_total("fp32")},
+        {"metrics.json (int8.total)", recorded_total("int8")},
+    }};
+    for (const auto& [source, count] : counts) {
+        if (count != rows) {
+            fail(ExitCode::kInvalidInput,
+                 "{} has {} rows, but {} counts {} images; rerun `edgeq run --out {}`",
+                 (out / "predictions.csv").string(), rows, source, count, out.string());
+        }
+    }
+}
+
 ReportInputs read_inputs(const ReportOptions& options) {
     const fs::path& out = options.out_folder;
     for (const char* name : kRequiredFiles) {
@@ -283,11 +337,12 @@ ReportInputs read_inputs(const ReportOptions& options) {
     inputs.predictions = read_predictions(out / "predictions.csv");
     inputs.confusion_fp32 = read_confusion(out / "confusion_matrix_fp32.csv");
     inputs.confusion_int8 = read_confusion(out / "confusion_matrix_int8.csv");
+    check_image_counts(inputs, out);
     inputs.test = load_test_images(options, inputs.metrics, inputs.predictions);
     inputs.quantization = read_optional_json(out / "quantization_report.json");
     inputs.placement = read_optional_json(out / kEpReportFile);
     inputs.bench = read_optional_json(out / "bench.json");
-    inputs.sweep = read_optional_json(out / "sweep.json");
+    inputs.sweep = read_optional_json(out / "sweep.json", true);
     inputs.training_record = find_training_record(inputs.metrics, out);
     if (!inputs.training_record.empty()) {
         inputs.epochs = read_epochs(inputs.training_record);
@@ -308,8 +363,10 @@ std::vector<TensorSqnr> tensor_sqnrs(const std::optional<json>& quantization) {
         if (!tensor.contains("sqnr_db")) {
             continue;
         }
-        TensorSqnr row{tensor.value("tensor", std::string("?")),
-                       tensor.value("role", std::string("?")), std::nullopt};
+        const json name = lookup(tensor, {"tensor"});
+        const json role = lookup(tensor, {"role"});
+        TensorSqnr row{name.is_string() ? name.get<std::string>() : "?",
+                       role.is_string() ? role.get<std::string>() : "?", std::nullopt};
         if (tensor["sqnr_db"].is_number()) {
             row.sqnr_db = tensor["sqnr_db"].get<double>();
         }
@@ -816,8 +873,28 @@ std::string encode_base64(std::string_view bytes) {
     return encoded;
 }
 
+namespace {
+
+// Checks that every file of the report can be written before any is, so that the common failures
+// (a read-only folder, a folder in place of a file) leave the old report and figures untouched.
+// NOTE: a write that fails later, on a full disk, still leaves the figures written before it.
+void check_report_outputs(const fs::path& out) {
+    std::vector<const char*> names(kFigureFiles.begin(), kFigureFiles.end());
+    names.push_back(kReportFile);
+    for (const char* name : names) {
+        if (fs::is_directory(out / name)) {
+            fail(ExitCode::kIo, "'{}' is a folder; remove it so that the report can be written",
+                 (out / name).string());
+        }
+    }
+    ensure_writable_folder(out, "--out");
+}
+
+}  // namespace
+
 std::vector<fs::path> write_report(const ReportOptions& options) {
     const ReportInputs inputs = read_inputs(options);
+    check_report_outputs(options.out_folder);
     const std::vector<std::string> figures = draw_figures(inputs, options.out_folder);
     const std::string html = build_html(inputs, options.out_folder, figures);
     write_file_atomic(options.out_folder / kReportFile, html);
