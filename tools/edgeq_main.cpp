@@ -9,6 +9,7 @@
 #include "edgeq/common/files.h"
 #include "edgeq/common/logging.h"
 #include "edgeq/common/progress.h"
+#include "edgeq/eval/deployed_model.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
 #include "edgeq/npu/npu_sim.h"
@@ -494,23 +495,9 @@ json run_eval(const std::string& model_path, const std::string& data_folder,
               const DeployFlags& deploy, int64_t batch_size) {
     // resolve() warns when --ep auto falls back to the CPU.
     const ProviderSetup setup = deploy.resolve();
-    std::unique_ptr<OrtModel> session;
-    std::unique_ptr<npu::NpuSimModel> simulator;
-    BatchRunner runner;
-    std::string engine;
-    if (setup.resolved == ExecutionProvider::kNpuSim) {
-        simulator = std::make_unique<npu::NpuSimModel>(fs::path(model_path), deploy.npu_sim());
-        runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
-            return simulator->run(input, shape);
-        };
-        engine = fmt::format("npu-sim ({})", npu::rounding_name(deploy.npu_sim().rounding));
-    } else {
-        session = std::make_unique<OrtModel>(model_path, make_session_config(setup));
-        runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
-            return session->run(input, shape);
-        };
-        engine = session->execution_provider();
-    }
+    const DeployedModel engine(model_path, model_path, setup.resolved == ExecutionProvider::kNpuSim,
+                               session_for(setup), deploy.npu_sim());
+    const BatchRunner runner = engine.runner();
     const LabelledImages test = load_fashion_mnist_test(data_folder);
     Progress progress("evaluate", test.size(), "images");
     const ClassificationResult result =
@@ -518,7 +505,7 @@ json run_eval(const std::string& model_path, const std::string& data_folder,
     progress.finish();
     spdlog::info("{}: accuracy {:.2f}% ({} of {} correct, {} misclassified) on {} in {:.2f} s",
                  model_path, 100.0 * result.accuracy(), result.correct, result.total,
-                 result.total - result.correct, engine, result.seconds);
+                 result.total - result.correct, engine.name(), result.seconds);
     std::string header = fmt::format("{:>12}", "true\\pred");
     for (int p = 0; p < kFashionClassCount; ++p) {
         header += fmt::format(" {:>5}", p);
@@ -532,7 +519,7 @@ json run_eval(const std::string& model_path, const std::string& data_folder,
         spdlog::info("{}", row);
     }
     return {{"model", model_path},
-            {"engine", engine},
+            {"engine", engine.name()},
             {"accuracy", result.accuracy()},
             {"correct", result.correct},
             {"total", result.total},

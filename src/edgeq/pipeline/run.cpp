@@ -16,6 +16,7 @@
 #include "edgeq/common/error.h"
 #include "edgeq/common/files.h"
 #include "edgeq/common/progress.h"
+#include "edgeq/eval/deployed_model.h"
 #include "edgeq/eval/evaluate.h"
 #include "edgeq/model/pytorch_state_dict.h"
 #include "edgeq/npu/partition.h"
@@ -600,26 +601,11 @@ json run_pipeline(const RunOptions& options) {
     // 6. Deployment: ONNX Runtime sessions on the chosen execution provider, or npu-sim.
     clock.start("deploy");
     OrtModel float_session(output.staged(kFloatModelFile), options.session);
-    std::unique_ptr<OrtModel> qdq_session;
-    std::unique_ptr<npu::NpuSimModel> qdq_simulator;
-    BatchRunner int8_runner;
-    std::string int8_engine;
-    if (int8_on_npu_sim) {
-        qdq_simulator =
-            std::make_unique<npu::NpuSimModel>(qdq.model, qdq_path.string(), options.npu_sim);
-        int8_runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
-            return qdq_simulator->run(input, shape);
-        };
-        int8_engine = fmt::format("npu-sim ({})", npu::rounding_name(options.npu_sim.rounding));
-    } else {
-        qdq_session = std::make_unique<OrtModel>(output.staged(kQdqModelFile), options.session);
-        int8_runner = [&](const std::vector<float>& input, const std::vector<int64_t>& shape) {
-            return qdq_session->run(input, shape);
-        };
-        int8_engine = qdq_session->execution_provider();
-    }
+    const DeployedModel int8_engine(output.staged(kQdqModelFile), qdq_path.string(),
+                                    int8_on_npu_sim, options.session, options.npu_sim);
+    const BatchRunner int8_runner = int8_engine.runner();
     spdlog::info("ONNX Runtime {}: fp32 on {}, int8 on {}", onnxruntime_version(),
-                 float_session.execution_provider(), int8_engine);
+                 float_session.execution_provider(), int8_engine.name());
     clock.stop();
 
     // 7. Evaluation on the test images.
@@ -640,7 +626,7 @@ json run_pipeline(const RunOptions& options) {
     json npu_sim_json;
     try {
         ClassificationResult cpu_ep_int8;
-        if (!int8_on_npu_sim && qdq_session->execution_provider() == "CPUExecutionProvider") {
+        if (int8_engine.on_cpu_execution_provider()) {
             cpu_ep_int8 = int8;
         } else {
             OrtModel cpu_session(output.staged(kQdqModelFile), SessionConfig{});
@@ -666,7 +652,7 @@ json run_pipeline(const RunOptions& options) {
         op_types[op_type] = count;
     }
     json int8_json = classification_json(int8);
-    int8_json["execution_provider"] = int8_engine;
+    int8_json["execution_provider"] = int8_engine.name();
     json fp32_json = classification_json(fp32);
     fp32_json["execution_provider"] = float_session.execution_provider();
 
