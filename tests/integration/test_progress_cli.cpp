@@ -117,9 +117,12 @@ void check_pipe_has_no_control_characters(const ProgressRuns& runs) {
 void check_pipe_shows_plain_summary_lines(const ProgressRuns& runs) {
     ASSERT_TRUE(runs.piped_run_succeeded()) << runs.piped.output;
     const std::string images = std::to_string(kTestSubset) + " images in ";
-    const std::vector<std::string> summaries = {
-        "calibration: 5000 samples in ", "quantization error: 5000 samples in ",
-        "layer sensitivity: ", "evaluate fp32: " + images, "evaluate int8: " + images};
+    const std::vector<std::string> summaries = {"calibration: 5000 samples in ",
+                                                "calibration histograms: 5000 samples in ",
+                                                "quantization error: 5000 samples in ",
+                                                "layer sensitivity: ",
+                                                "evaluate fp32: " + images,
+                                                "evaluate int8: " + images};
     for (const std::string& line : summaries) {
         EXPECT_NE(runs.piped.output.find("\n" + line), std::string::npos) << line << "\n"
                                                                           << runs.piped.output;

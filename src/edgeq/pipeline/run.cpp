@@ -485,7 +485,8 @@ void log_summary(const json& metrics) {
 
 ProgressCallback quantize_progress_callback(StepProgress& progress) {
     return [&progress](const std::string& step, int64_t done, int64_t total) {
-        progress.update(step, done, total, step == "calibration" ? "samples" : "layers");
+        const bool counts_samples = step.starts_with("calibration");
+        progress.update(step, done, total, counts_samples ? "samples" : "layers");
     };
 }
 

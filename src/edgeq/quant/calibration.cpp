@@ -155,7 +155,8 @@ std::vector<int64_t> TensorHistogram::absolute_counts() const {
 
 std::map<std::string, TensorHistogram> collect_tensor_histograms(
     const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
-    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label) {
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
+    const std::function<void(int64_t, int64_t)>& on_batch) {
     std::vector<std::string> names;
     std::vector<TensorHistogram> histograms;
     for (const auto& [name, range] : ranges) {
@@ -177,7 +178,7 @@ std::map<std::string, TensorHistogram> collect_tensor_histograms(
             histogram.add(value);
         }
     };
-    visit_calibration_outputs(model, names, reader, session, label, place_values);
+    visit_calibration_outputs(model, names, reader, session, label, place_values, on_batch);
 
     std::map<std::string, TensorHistogram> result;
     for (size_t t = 0; t < names.size(); ++t) {

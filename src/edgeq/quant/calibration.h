@@ -100,9 +100,11 @@ struct TensorHistogram {
 
 // Runs a second calibration pass and returns a histogram per tensor, over the ranges of the first
 // pass. Memory is kHistogramBins counters per tensor, whatever the number of images.
+// `on_batch(samples_done, samples_total)` reports progress when set.
 std::map<std::string, TensorHistogram> collect_tensor_histograms(
     const onnx::ModelProto& model, const std::map<std::string, TensorRange>& ranges,
-    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label);
+    CalibrationDataReader& reader, const SessionConfig& session, const std::string& label,
+    const std::function<void(int64_t, int64_t)>& on_batch = {});
 
 // Runs `model` in ONNX Runtime over all batches of `reader` with `tensor_names` added as graph
 // outputs, and returns each tensor's min and max. Memory does not grow with the number of

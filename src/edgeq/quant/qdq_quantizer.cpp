@@ -935,7 +935,8 @@ std::string describe_scheme(const QuantScheme& scheme) {
 QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataReader& reader,
                          const QuantizeOptions& options, const SessionConfig& session,
                          const std::string& model_label,
-                         const std::function<void(int64_t, int64_t)>& on_calibration_batch) {
+                         const std::function<void(int64_t, int64_t)>& on_calibration_batch,
+                         const std::function<void(int64_t, int64_t)>& on_histogram_batch) {
     QdqModel result;
     result.scheme = resolve_scheme(options);
     const QuantScheme& scheme = result.scheme;
@@ -966,8 +967,8 @@ QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataRea
         float_model, plan.activations, reader, session, calibration_label, on_calibration_batch);
     std::map<std::string, TensorHistogram> histograms;
     if (method_needs_histogram(scheme.method.method)) {
-        histograms =
-            collect_tensor_histograms(float_model, ranges, reader, session, calibration_label);
+        histograms = collect_tensor_histograms(float_model, ranges, reader, session,
+                                               calibration_label, on_histogram_batch);
     }
     result.calibration_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -115,11 +115,14 @@ struct QdqModel {
 
 // Calibrates `float_model` on `reader` and builds its QDQ model. The float model should have been
 // through prepare_for_quantization (BatchNormalization folded, constants as initializers).
-// `model_label` (usually the file) names the model in errors.
+// `model_label` (usually the file) names the model in errors. `on_calibration_batch` and
+// `on_histogram_batch` (samples done, samples total) report the progress of the range pass and
+// of the histogram pass that some methods add (MinMSE, percentile, entropy).
 QdqModel quantize_to_qdq(const onnx::ModelProto& float_model, CalibrationDataReader& reader,
                          const QuantizeOptions& options, const SessionConfig& session,
                          const std::string& model_label = "model",
-                         const std::function<void(int64_t, int64_t)>& on_calibration_batch = {});
+                         const std::function<void(int64_t, int64_t)>& on_calibration_batch = {},
+                         const std::function<void(int64_t, int64_t)>& on_histogram_batch = {});
 
 // Operators the quantizer handles; anything else stays in float.
 const std::vector<std::string>& quantizable_op_types();

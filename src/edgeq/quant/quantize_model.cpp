@@ -60,12 +60,18 @@ QuantizeAttempt quantize_once(const onnx::ModelProto& float_model, CalibrationDa
                               const SessionConfig& session, const std::string& model_label,
                               const ProgressCallback& progress) {
     QuantizeAttempt attempt;
-    attempt.qdq = quantize_to_qdq(float_model, reader, options, session, model_label,
-                                  [&](int64_t done, int64_t total) {
-                                      if (progress) {
-                                          progress("calibration", done, total);
-                                      }
-                                  });
+    attempt.qdq = quantize_to_qdq(
+        float_model, reader, options, session, model_label,
+        [&](int64_t done, int64_t total) {
+            if (progress) {
+                progress("calibration", done, total);
+            }
+        },
+        [&](int64_t done, int64_t total) {
+            if (progress) {
+                progress("calibration histograms", done, total);
+            }
+        });
     if (algorithms.adaround) {
         int64_t layers_done = 0;
         attempt.adaround =
