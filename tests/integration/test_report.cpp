@@ -2,8 +2,6 @@
 // embeds them all. Headless Chromium renders it from disk with no console message and no broken
 // image. `edgeq report` rebuilds the same file, and fails in one line without metrics.json.
 
-#include <png.h>
-
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -40,42 +38,6 @@ constexpr double kMinInkShare = 0.01;
 // Upper bound of one Chromium call; it renders the page in a few seconds when it works.
 constexpr int kChromiumTimeoutSeconds = 120;
 constexpr const char* kChromiumInstallHint = "install Debian's chromium (apt-get install chromium)";
-
-struct DecodedPng {
-    uint32_t width = 0;
-    uint32_t height = 0;
-    std::vector<uint8_t> rgb;  // [height, width, 3]
-    std::string error;         // empty when the file decoded
-};
-
-DecodedPng decode_png(const fs::path& path) {
-    DecodedPng decoded;
-    png_image image{};
-    image.version = PNG_IMAGE_VERSION;
-    if (png_image_begin_read_from_file(&image, path.string().c_str()) == 0) {
-        decoded.error = image.message;
-        return decoded;
-    }
-    image.format = PNG_FORMAT_RGB;
-    decoded.rgb.resize(PNG_IMAGE_SIZE(image));
-    if (png_image_finish_read(&image, nullptr, decoded.rgb.data(), 0, nullptr) == 0) {
-        decoded.error = image.message;
-        png_image_free(&image);
-        return decoded;
-    }
-    decoded.width = image.width;
-    decoded.height = image.height;
-    return decoded;
-}
-
-double ink_share(const DecodedPng& png) {
-    size_t ink = 0;
-    for (size_t i = 0; i + 2 < png.rgb.size(); i += 3) {
-        ink += png.rgb[i] < 250 || png.rgb[i + 1] < 250 || png.rgb[i + 2] < 250 ? 1 : 0;
-    }
-    return png.rgb.empty() ? 0.0
-                           : static_cast<double>(ink) / static_cast<double>(png.rgb.size() / 3);
-}
 
 std::string cli() {
     return test::cli_path().string();
@@ -129,13 +91,13 @@ void check_figures_are_valid_pngs(const fs::path& out) {
         ASSERT_TRUE(fs::exists(path));
         EXPECT_GE(fs::file_size(path), kMinFigureBytes);
         EXPECT_LE(fs::file_size(path), kMaxFigureBytes);
-        const DecodedPng png = decode_png(path);
+        const test::DecodedPng png = test::decode_png(path);
         ASSERT_TRUE(png.error.empty()) << png.error;
         EXPECT_GE(png.width, kMinSide);
         EXPECT_LE(png.width, kMaxSide);
         EXPECT_GE(png.height, kMinSide);
         EXPECT_LE(png.height, kMaxSide);
-        EXPECT_GE(ink_share(png), kMinInkShare);
+        EXPECT_GE(test::ink_share(png), kMinInkShare);
     }
 }
 
@@ -224,10 +186,10 @@ void check_chromium_renders_the_report(const fs::path& out) {
     EXPECT_EQ(shot.exit_code, 0) << shot.output;
     EXPECT_EQ(shot.output.find("CONSOLE"), std::string::npos) << shot.output;
     ASSERT_TRUE(fs::exists(screenshot)) << shot.output;
-    const DecodedPng png = decode_png(screenshot);
+    const test::DecodedPng png = test::decode_png(screenshot);
     ASSERT_TRUE(png.error.empty()) << png.error;
     EXPECT_EQ(png.width, 1280u);
-    EXPECT_GE(ink_share(png), kMinInkShare);
+    EXPECT_GE(test::ink_share(png), kMinInkShare);
 
     const test::CommandResult dom =
         test::run_command(chromium + "--dump-dom " + url + " 2>" + quoted(page_folder / "log"));

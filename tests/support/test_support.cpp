@@ -1,5 +1,6 @@
 #include "support/test_support.h"
 
+#include <png.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -113,6 +114,34 @@ void expect_clean_failure(const std::string& command, int exit_code, const fs::p
         << "not one line: " << result.output;
     EXPECT_NE(result.output.find(must_mention), std::string::npos) << result.output;
     EXPECT_FALSE(fs::exists(output)) << "partial output left: " << output;
+}
+
+DecodedPng decode_png(const fs::path& path) {
+    DecodedPng decoded;
+    png_image image{};
+    image.version = PNG_IMAGE_VERSION;
+    if (png_image_begin_read_from_file(&image, path.string().c_str()) == 0) {
+        decoded.error = image.message;
+        return decoded;
+    }
+    image.format = PNG_FORMAT_RGB;
+    decoded.rgb.resize(PNG_IMAGE_SIZE(image));
+    if (png_image_finish_read(&image, nullptr, decoded.rgb.data(), 0, nullptr) == 0) {
+        decoded.error = image.message;
+        png_image_free(&image);
+        return decoded;
+    }
+    decoded.width = image.width;
+    decoded.height = image.height;
+    return decoded;
+}
+
+double ink_share(const DecodedPng& png) {
+    size_t ink = 0;
+    for (size_t i = 0; i + 2 < png.rgb.size(); i += 3) {
+        ink += png.rgb[i] < 250 || png.rgb[i + 1] < 250 || png.rgb[i + 2] < 250 ? 1 : 0;
+    }
+    return static_cast<double>(ink) / static_cast<double>(png.rgb.size() / 3);
 }
 
 }  // namespace edgeq::test

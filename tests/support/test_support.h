@@ -55,6 +55,20 @@ CommandResult run_command_stderr(const std::string& command);
 void expect_clean_failure(const std::string& command, int exit_code,
                           const std::filesystem::path& output, const std::string& must_mention);
 
+// A PNG file decoded to 8-bit RGB.
+struct DecodedPng {
+    uint32_t width = 0;
+    uint32_t height = 0;
+    std::vector<uint8_t> rgb;  // [height, width, 3]
+    std::string error;         // empty when the file decoded
+};
+
+// Decodes the PNG file at `path` with libpng; `error` has libpng's message when that fails.
+DecodedPng decode_png(const std::filesystem::path& path);
+
+// Returns the share of pixels that are not white (any channel below 250), 0 for no pixels.
+double ink_share(const DecodedPng& png);
+
 // A python3 command that can import `module`: python3 on PATH, else Debian's /usr/bin/python3
 // (which a pyenv or virtualenv python3 earlier on PATH hides), else empty.
 std::string python_with_module(const std::string& module);

@@ -2,8 +2,6 @@
 // something drawn in it, the same data gives the same bytes, and a failed write leaves no file.
 // Also the HTML escaping and base64 encoding that report.html is built with.
 
-#include <png.h>
-
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -34,41 +32,6 @@ constexpr uintmax_t kMaxBytes = 2'000'000;
 // Text, images and bars cover at least this share of the pixels; a blank (all white) or
 // almost blank figure falls below it.
 constexpr double kMinInkShare = 0.01;
-
-struct DecodedPng {
-    uint32_t width = 0;
-    uint32_t height = 0;
-    std::vector<uint8_t> rgb;  // [height, width, 3]
-    std::string error;         // empty when the file decoded
-};
-
-DecodedPng decode_png(const fs::path& path) {
-    DecodedPng decoded;
-    png_image image{};
-    image.version = PNG_IMAGE_VERSION;
-    if (png_image_begin_read_from_file(&image, path.string().c_str()) == 0) {
-        decoded.error = image.message;
-        return decoded;
-    }
-    image.format = PNG_FORMAT_RGB;
-    decoded.rgb.resize(PNG_IMAGE_SIZE(image));
-    if (png_image_finish_read(&image, nullptr, decoded.rgb.data(), 0, nullptr) == 0) {
-        decoded.error = image.message;
-        png_image_free(&image);
-        return decoded;
-    }
-    decoded.width = image.width;
-    decoded.height = image.height;
-    return decoded;
-}
-
-double ink_share(const DecodedPng& png) {
-    size_t ink = 0;
-    for (size_t i = 0; i + 2 < png.rgb.size(); i += 3) {
-        ink += png.rgb[i] < 250 || png.rgb[i + 1] < 250 || png.rgb[i + 2] < 250 ? 1 : 0;
-    }
-    return static_cast<double>(ink) / static_cast<double>(png.rgb.size() / 3);
-}
 
 // 100 images, ten of each class: a bright rectangle whose size depends on the class, on a
 // background whose grey level is the image index, so that no two images are equal.
@@ -176,13 +139,13 @@ TEST(Figures, WritesValidNonBlankPng) {
         EXPECT_GE(bytes, kMinBytes);
         EXPECT_LE(bytes, kMaxBytes);
 
-        const DecodedPng png = decode_png(path);
+        const test::DecodedPng png = test::decode_png(path);
         ASSERT_TRUE(png.error.empty()) << png.error;
         EXPECT_GE(png.width, kMinSide);
         EXPECT_LE(png.width, kMaxSide);
         EXPECT_GE(png.height, kMinSide);
         EXPECT_LE(png.height, kMaxSide);
-        EXPECT_GE(ink_share(png), kMinInkShare);
+        EXPECT_GE(test::ink_share(png), kMinInkShare);
     }
     // Only the figures themselves: no temporary file is left beside them.
     EXPECT_EQ(std::distance(fs::directory_iterator(folder.path()), fs::directory_iterator()),
@@ -233,9 +196,9 @@ TEST(Figures, NoMisclassifiedImagesStillDraws) {
     const ScratchFolder folder("figures-none-wrong");
     const LabelledImages images = synthetic_images();
     draw_misclassified(images, images.labels, folder / kMisclassifiedFigure);
-    const DecodedPng png = decode_png(folder / kMisclassifiedFigure);
+    const test::DecodedPng png = test::decode_png(folder / kMisclassifiedFigure);
     ASSERT_TRUE(png.error.empty()) << png.error;
-    EXPECT_GE(ink_share(png), kMinInkShare);
+    EXPECT_GE(test::ink_share(png), kMinInkShare);
 }
 
 TEST(Figures, NonFiniteSqnrStillDraws) {
@@ -245,9 +208,9 @@ TEST(Figures, NonFiniteSqnrStillDraws) {
         {"conv.weight", "weight", std::numeric_limits<double>::infinity()},
         {"conv.bias", "bias", std::nullopt}};
     draw_layer_sqnr(sqnrs, folder / kLayerSqnrFigure);
-    const DecodedPng png = decode_png(folder / kLayerSqnrFigure);
+    const test::DecodedPng png = test::decode_png(folder / kLayerSqnrFigure);
     ASSERT_TRUE(png.error.empty()) << png.error;
-    EXPECT_GE(ink_share(png), kMinInkShare);
+    EXPECT_GE(test::ink_share(png), kMinInkShare);
 }
 
 TEST(Figures, PredictionOutsideClassesIsRejected) {
